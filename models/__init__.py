@@ -1,0 +1,1 @@
+"""One module per server architecture, each charging the shared operation vocabulary."""

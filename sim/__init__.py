@@ -1,0 +1,1 @@
+"""The simulator engine: hardware, workload, scenario loading, run loop, statistics and reports."""
