@@ -2,7 +2,8 @@
 
 Each module named in ARCHITECTURES has a `Knobs` dataclass (fields made with
 `sim.config.knob`, so the scenario loader can check them) and a `start(server)`
-function that starts the architecture's SimPy processes on a `sim.server.Server`.
+function that starts the architecture's SimPy processes on a `sim.server.Server`,
+and `OPERATIONS`, the operations of sim/operations.py that it charges.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import importlib
 ARCHITECTURES: dict[str, str] = {
     "sped": "models.sped",
     "symped": "models.symped",
-    "shared-symped": "models.symped",
 }
 
 

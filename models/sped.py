@@ -1,6 +1,16 @@
 """SPED: the userver's single-process event-driven loop (PAPER.md section 4.2).
 
-(placeholder for the event loop, written next)
+One process watches every connection with poll (or select, or epoll). Each pass
+of its loop makes one poll call, accepts new connections until EWOULDBLOCK (or up
+to the accept limit), then serves every ready descriptor: reads and parses a
+request, looks the file up in the header/descriptor cache, writes the header and
+sendfiles as much of the file as the socket buffer takes; a socket that drains
+comes back as writable for the next piece. The CPU work of one pass is one burst.
+
+A page-cache miss blocks the whole process in sendfile while the disk reads: with
+one process the server then does nothing at all, which is why SYMPED exists.
+With blocking sockets (the userver-b), sendfile also blocks until all but the
+last socket buffer of the reply has left, so many processes are needed.
 """
 from __future__ import annotations
 
@@ -8,12 +18,104 @@ from dataclasses import dataclass
 
 from sim.config import knob
 
+OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "select",
+              "epoll_wait", "epoll_ctl", "close", "ctx_switch", "net_tx", "net_conn")
+
 
 @dataclass(frozen=True)
 class Knobs:
-    processes: int = knob(1, "server processes sharing the listen socket (SPED is 1)", min=1, max=100_000)
     max_conns: int = knob(30_000, "simultaneous connections allowed, in total over all processes", min=1, max=10_000_000)
     blocking_sockets: bool = knob(False, "blocking socket writes: one sendfile per reply that blocks until sent")
     event_mechanism: str = knob("poll", "how readiness is learnt", choices=("poll", "select", "epoll"))
     accept_limit: int = knob(0, "connections accepted per accept phase; 0 = until EWOULDBLOCK", min=0, max=10_000_000)
-    shared_cache: bool = knob(False, "one header/descriptor cache shared by all processes (shared-SYMPED)")
+
+
+def start(server, knobs, processes: int = 1, shared_cache: bool = True) -> list:
+    """Start `processes` userver processes sharing the listen socket; return them."""
+    fp = server.profile.footprint
+    server.max_conns = knobs.max_conns
+    procs = []
+    for i in range(processes):
+        p = server.entity(f"userver-{i}")
+        if not shared_cache:
+            p.opened = set()
+        server.add_footprint(fp.process_kb)
+        server.listeners.append(p)
+        server.env.process(event_loop(server, p, knobs))
+        procs.append(p)
+    return procs
+
+
+def event_cost(c, mechanism: str, watched: int, ready: int) -> float:
+    """CPU of one readiness call: poll and select scan every watched descriptor, epoll only the ready ones."""
+    if mechanism == "poll":
+        return c.poll + c.poll_u * watched
+    if mechanism == "select":
+        return c.select + c.select_u * watched
+    return c.epoll_wait + c.epoll_wait_u * ready
+
+
+def event_loop(server, proc, knobs):
+    """The userver's main loop for one process."""
+    c = server.costs
+    cache, sizes, sndbuf = server.cache, server.sizes, server.sndbuf
+    mechanism, limit, blocking = knobs.event_mechanism, knobs.accept_limit, knobs.blocking_sockets
+    epoll = mechanism == "epoll"
+    request_cpu = c.read + c.parse + c.write + c.write_u * server.header_bytes
+    per_byte = c.sendfile_u + c.net_tx_u
+    reply_sent = server.reply_sent
+    while True:
+        if not proc.ready and not server.can_accept():
+            yield proc.wait()                      # poll blocks: nothing is ready
+        ready, proc.ready = proc.ready, []
+        cpu = event_cost(c, mechanism, proc.nconns + 1, len(ready) + 1)
+        if server.can_accept():                    # the listen socket is readable
+            before = proc.nconns
+            cpu += c.accept * server.accept(proc, limit)
+            cpu += (proc.nconns - before) * (c.net_conn + (c.epoll_ctl if epoll else 0.0))
+        misses, sends = [], []
+        for conn in ready:
+            conn.queued = False
+            if conn.closed:                        # EOF or reset: the client is gone
+                cpu += c.read + c.close + (c.epoll_ctl if epoll else 0.0)
+                server.close(conn)
+            elif conn.state == 1:                  # writable again: the next piece of the reply
+                if conn.flow is None and conn.unsent > 0:
+                    chunk = min(conn.unsent, sndbuf)
+                    cpu += c.sendfile + per_byte * chunk
+                    sends.append((conn, chunk))
+            elif conn.file >= 0:                   # a request has arrived
+                conn.state = 1
+                f = conn.file
+                cpu += request_cpu + (c.stat if server.header_cached(proc, f) else c.open)
+                miss = cache.touch(f, sizes[f])
+                conn.unsent = conn.size
+                if blocking:
+                    # one sendfile for the whole reply, blocking on disk and on the socket
+                    cpu += c.sendfile + per_byte * conn.size
+                    yield proc.run(cpu)
+                    cpu = 0.0
+                    if miss is not None:
+                        yield from server.block(proc, miss)
+                    if conn.closed:
+                        continue
+                    if conn.size > sndbuf:
+                        yield from server.blocking_send(proc, conn, conn.size - sndbuf)
+                        if conn.closed:
+                            continue
+                    server.send(conn, conn.unsent, reply_sent)
+                else:
+                    chunk = min(conn.size, sndbuf)
+                    cpu += c.sendfile + per_byte * chunk
+                    if conn.size > sndbuf and epoll:
+                        cpu += 2 * c.epoll_ctl     # watch for writability, and stop watching
+                    if miss is not None:
+                        misses.append(miss)
+                    sends.append((conn, chunk))
+        if cpu:
+            yield proc.run(cpu)
+        for miss in misses:
+            yield from server.block(proc, miss)
+        for conn, chunk in sends:
+            if not conn.closed:
+                server.send(conn, chunk, reply_sent)

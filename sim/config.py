@@ -39,6 +39,8 @@ class Hardware:
     nic_gbps: float = knob(1.0, "bandwidth of each NIC in Gbit/s", min=0.001, max=1000)
     disk_seek_ms: float = knob(5.5, "disk positioning time per read (seek + rotation) in ms", min=0, max=1000)
     disk_mb_s: float = knob(70.0, "disk transfer rate in MB/s", min=0.1, max=100_000)
+    disk_readahead_kb: float = knob(128.0, "readahead window; each window of a missed file is one positioned read",
+                                    min=4, max=1_048_576)
     disks: int = knob(1, "independent disks (the file set is striped over them)", min=1, max=256)
     sndbuf_kb: float = knob(64.0, "socket send buffer per connection in KB", min=1, max=65536)
     listen_backlog: int = knob(1024, "listen queue length; a SYN beyond it is dropped", min=1, max=1_000_000)

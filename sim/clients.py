@@ -1,0 +1,171 @@
+"""httperf-style clients: a Poisson stream of sessions, each one persistent connection.
+
+A session connects (a full listen queue drops the SYN; the client retries after
+the SYN retransmission timeout, doubling it), sends its first request at once,
+and after each reply thinks (within a burst or between bursts) before the next.
+A request not answered within the timeout is an error: the client closes the
+connection and the session ends, as httperf does. Timeouts are found by a reaper
+that wakes a few times per simulated second over a heap of deadlines, so that a
+request costs no timer event of its own.
+"""
+from __future__ import annotations
+
+import heapq
+from array import array
+
+import numpy as np
+
+from .workload import Workload
+
+REAP_INTERVAL_S = 0.1
+FILE_BATCH = 1 << 14
+
+
+class Connection:
+    """One client session and its persistent connection, seen from both ends."""
+
+    __slots__ = ("id", "left", "burst_left", "file", "size", "sent_at", "reqno", "closed", "owner",
+                 "link", "queued", "unsent", "flow", "waiter", "retries", "born", "accepted", "state")
+
+    def __init__(self, cid, n_requests, born):
+        self.id = cid
+        self.left = n_requests      # requests still to send, the current one included
+        self.burst_left = 0         # requests left in the current burst
+        self.file = -1              # file of the request in flight, -1 when none
+        self.size = 0
+        self.sent_at = 0.0
+        self.reqno = 0              # bumps on every request, to match deadlines
+        self.closed = False         # the client has closed (session over or timed out)
+        self.owner = None           # the server entity that accepted it
+        self.link = None
+        self.queued = False         # already in its owner's ready list
+        self.unsent = 0             # reply bytes not yet handed to the socket
+        self.flow = None
+        self.waiter = None          # event of a server entity blocked in a send on this socket
+        self.retries = 0
+        self.born = born
+        self.accepted = False
+        self.state = 0              # model-private state
+
+
+class Clients:
+    """The client machines: sessions arrive, send requests, think, time out."""
+
+    def __init__(self, env, workload: Workload, offered_rps: float, rng: np.random.Generator, server, window):
+        self.env = env
+        self.w = workload
+        self.rng = rng
+        self.server = server
+        self.session_rate = workload.session_rate(offered_rps)
+        self.t0, self.t1 = window
+        self.sizes = workload.fileset.sizes
+        self.header_bytes = server.header_bytes
+        self._files = np.empty(0, dtype=np.int64)
+        self._fpos = 0
+        self.deadlines: list = []
+        self.next_id = 0
+        # measurement (inside the window only)
+        self.replies = 0
+        self.bytes = 0.0
+        self.timeouts = 0
+        self.connect_failures = 0
+        self.sessions_done = 0
+        self.response = array("d")
+        self.open_samples = array("d")
+        self.resets_during_send = 0
+        env.process(self._arrivals())
+        env.process(self._reaper())
+
+    # -- drawing --------------------------------------------------------------------------------
+    def _next_file(self) -> int:
+        if self._fpos >= len(self._files):
+            self._files = self.w.fileset.sample(self.rng, FILE_BATCH)
+            self._fpos = 0
+        f = int(self._files[self._fpos])
+        self._fpos += 1
+        return f
+
+    def _think(self, mean):
+        return self.rng.exponential(mean) if self.w.think_distribution == "exponential" else mean
+
+    def _burst_len(self):
+        return int(self.rng.integers(self.w.burst_requests_min, self.w.burst_requests_max + 1))
+
+    # -- session life ---------------------------------------------------------------------------
+    def _arrivals(self):
+        env, rng, w = self.env, self.rng, self.w
+        rate = self.session_rate
+        while True:
+            yield env.timeout(rng.exponential(1.0 / rate))
+            n = int(rng.integers(w.session_requests_min, w.session_requests_max + 1))
+            conn = Connection(self.next_id, n, env.now)
+            self.next_id += 1
+            conn.burst_left = self._burst_len()
+            self._connect(conn)
+
+    def _connect(self, conn):
+        now = self.env.now
+        if self.server.syn(conn):
+            self._send(conn)
+            return
+        # SYN dropped: retransmit after the RTO, doubling, until the request timeout is spent
+        rto = self.server.hw.syn_retry_s * (2 ** conn.retries)
+        conn.retries += 1
+        if now + rto - conn.born > self.w.timeout_s:
+            if self.t0 <= now + (self.w.timeout_s - (now - conn.born)) < self.t1:
+                self.connect_failures += 1
+            return
+        self.env.timeout(rto).callbacks.append(lambda _e: self._connect(conn))
+
+    def _send(self, conn):
+        """Send the next request of the session on its connection."""
+        conn.file = f = self._next_file()
+        conn.size = int(self.sizes[f]) + self.header_bytes
+        conn.sent_at = self.env.now if conn.reqno else conn.born
+        conn.reqno += 1
+        conn.left -= 1
+        conn.burst_left -= 1
+        heapq.heappush(self.deadlines, (conn.sent_at + self.w.timeout_s, conn.id, conn.reqno, conn))
+        if conn.accepted:
+            conn.owner.signal(conn)
+
+    def reply_done(self, conn):
+        """The last byte of the reply reached the client."""
+        now = self.env.now
+        if self.t0 <= now < self.t1:
+            self.replies += 1
+            self.bytes += conn.size
+            self.response.append(now - conn.sent_at)
+        conn.file = -1
+        if conn.left <= 0:
+            self.sessions_done += 1
+            self._close(conn)
+            return
+        if conn.burst_left <= 0:
+            conn.burst_left = self._burst_len()
+            think = self._think(self.w.think_between_bursts_s)
+        else:
+            think = self._think(self.w.think_within_burst_s)
+        self.env.timeout(think).callbacks.append(lambda _e: self._send(conn) if not conn.closed else None)
+
+    def _close(self, conn):
+        """The client closes its end: the server will read EOF (or fail its next send)."""
+        conn.closed = True
+        if conn.flow is not None:
+            self.server.abort_send(conn)
+        if conn.accepted:
+            conn.owner.signal(conn)
+
+    def _reaper(self):
+        env, dl, timeout_window = self.env, self.deadlines, (self.t0, self.t1)
+        while True:
+            yield env.timeout(REAP_INTERVAL_S)
+            now = env.now
+            while dl and dl[0][0] <= now:
+                deadline, _cid, reqno, conn = heapq.heappop(dl)
+                if conn.reqno == reqno and conn.file >= 0 and not conn.closed:
+                    if timeout_window[0] <= deadline < timeout_window[1]:
+                        self.timeouts += 1
+                    self._close(conn)
+            if self.t0 <= now < self.t1:
+                self.open_samples.append(self.server.open_conns)

@@ -1,0 +1,272 @@
+"""The hardware every architecture model shares: CPU cores, NIC links, disks, memory and page cache.
+
+Each piece is a plain object over one SimPy environment, built for speed: a CPU
+burst costs one SimPy event when a core is free, a NIC flow costs O(log n) and no
+event of its own, a disk read one event. Utilisation is kept as busy seconds so
+the run loop can difference it over the measurement window.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+
+import simpy
+
+
+class CPU:
+    """`cores` identical cores serving bursts of schedulable entities in FIFO order.
+
+    An entity is any hashable object (a process or a kernel thread of a model).
+    A core that changes entity pays `switch_cost` seconds (a kernel context switch).
+    """
+
+    __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches")
+
+    def __init__(self, env: simpy.Environment, cores: int, switch_cost: float):
+        self.env = env
+        self.cores = cores
+        self.switch_cost = switch_cost
+        self.free = list(range(cores - 1, -1, -1))
+        self.last = [None] * cores
+        self.queue: deque = deque()
+        self.busy = 0.0
+        self.switches = 0
+
+    def run(self, entity, seconds: float) -> simpy.Event:
+        """An event that fires when `entity` has had `seconds` of CPU."""
+        if self.free:
+            return self._start(self.free.pop(), entity, seconds, None)
+        done = simpy.Event(self.env)
+        self.queue.append((entity, seconds, done))
+        return done
+
+    def _start(self, core, entity, seconds, done):
+        if self.last[core] is not entity:
+            self.last[core] = entity
+            seconds += self.switch_cost
+            self.switches += 1
+        self.busy += seconds
+        t = self.env.timeout(seconds)
+        t.callbacks.append(lambda _ev: self._finish(core, done))
+        return t
+
+    def _finish(self, core, done):
+        if done is not None:
+            done.succeed()
+        if self.queue:
+            entity, seconds, nxt = self.queue.popleft()
+            self._start(core, entity, seconds, nxt)
+        else:
+            self.free.append(core)
+
+    @property
+    def runnable(self) -> int:
+        return len(self.queue) + self.cores - len(self.free)
+
+
+class Flow:
+    """Bytes moving over a link; `on_done(arg)` is called when the last byte has left."""
+
+    __slots__ = ("finish", "on_done", "arg", "live")
+
+    def __init__(self, finish, on_done, arg):
+        self.finish = finish
+        self.on_done = on_done
+        self.arg = arg
+        self.live = True
+
+
+class Link:
+    """A NIC link whose bandwidth is shared fairly by the flows on it (fluid processor sharing).
+
+    Virtual time `v` is the bytes each active flow has received so far; it grows at
+    `rate / n`. A flow of b bytes started at virtual time v ends when v reaches
+    v + b, so flows end in the order of their finish tags: a heap gives O(log n)
+    per flow, with a single pending timer for the next departure.
+    """
+
+    __slots__ = ("env", "rate", "v", "t", "n", "heap", "seq", "timer_at", "busy", "bytes", "_busy_since")
+
+    def __init__(self, env: simpy.Environment, bytes_per_s: float):
+        self.env = env
+        self.rate = bytes_per_s
+        self.v = 0.0
+        self.t = 0.0
+        self.n = 0
+        self.heap: list = []
+        self.seq = 0
+        self.timer_at = None
+        self.busy = 0.0
+        self.bytes = 0.0
+        self._busy_since = 0.0
+
+    def _advance(self, now):
+        if self.n:
+            self.v += (now - self.t) * self.rate / self.n
+        self.t = now
+
+    def send(self, nbytes: float, on_done, arg) -> Flow:
+        now = self.env.now
+        self._advance(now)
+        if self.n == 0:
+            self.v = 0.0  # re-base while idle: keeps the tags small
+            self._busy_since = now
+        flow = Flow(self.v + nbytes, on_done, arg)
+        self.seq += 1
+        heapq.heappush(self.heap, (flow.finish, self.seq, flow))
+        self.n += 1
+        self.bytes += nbytes
+        self._schedule(now)
+        return flow
+
+    def cancel(self, flow: Flow) -> None:
+        """Stop a flow (its connection was reset); its remaining bytes are never sent."""
+        if flow.live:
+            now = self.env.now
+            self._advance(now)
+            flow.live = False
+            self.bytes -= max(0.0, flow.finish - self.v)
+            self.n -= 1
+            if self.n == 0:
+                self.busy += now - self._busy_since
+                self.heap.clear()
+
+    def _schedule(self, now):
+        heap = self.heap
+        while heap and not heap[0][2].live:
+            heapq.heappop(heap)
+        if not heap:
+            return
+        due = now + max(0.0, heap[0][0] - self.v) * self.n / self.rate
+        if self.timer_at is None or due < self.timer_at:
+            self.timer_at = due
+            self.env.timeout(due - now).callbacks.append(self._wake)
+
+    def _wake(self, ev):
+        now = self.env.now
+        if self.timer_at is None or now < self.timer_at:
+            return  # superseded: an earlier timer already did this work
+        self.timer_at = None
+        if not self.n:
+            return
+        self._advance(now)
+        heap = self.heap
+        eps = 1e-6 * (1.0 + self.v)
+        done = []
+        while heap and (heap[0][0] <= self.v + eps or not heap[0][2].live):
+            flow = heapq.heappop(heap)[2]
+            if flow.live:
+                flow.live = False
+                self.n -= 1
+                done.append(flow)
+        if self.n == 0:
+            self.busy += now - self._busy_since
+            heap.clear()
+        else:
+            self._schedule(now)
+        for flow in done:
+            flow.on_done(flow.arg)
+
+    def busy_time(self, now) -> float:
+        return self.busy + (now - self._busy_since if self.n else 0.0)
+
+
+class Disk:
+    """FIFO disks: each read pays positioning time per readahead window plus bytes over bandwidth.
+
+    Files are striped over the disks by index. Reading a missed file happens in
+    readahead windows, each a separate request that pays a positioning time
+    (sendfile faults pages in as it sends, so the head moves between windows).
+    """
+
+    __slots__ = ("env", "seek", "rate", "window", "free_at", "busy", "reads")
+
+    def __init__(self, env, disks: int, seek_s: float, bytes_per_s: float, readahead_bytes: float):
+        self.env = env
+        self.seek = seek_s
+        self.rate = bytes_per_s
+        self.window = readahead_bytes
+        self.free_at = [0.0] * disks
+        self.busy = 0.0
+        self.reads = 0
+
+    def service_time(self, nbytes: float) -> float:
+        windows = max(1, -(-int(nbytes) // int(self.window)))
+        return windows * self.seek + nbytes / self.rate
+
+    def read(self, file: int, nbytes: float) -> simpy.Event:
+        now = self.env.now
+        d = file % len(self.free_at)
+        s = self.service_time(nbytes)
+        end = max(now, self.free_at[d]) + s
+        self.free_at[d] = end
+        self.busy += s
+        self.reads += 1
+        return self.env.timeout(end - now)
+
+
+class PageCache:
+    """An LRU over whole files, sized as memory less the kernel and the servers' footprint.
+
+    A miss starts one disk read; whoever touches the same file meanwhile waits on
+    that read instead of starting another.
+    """
+
+    __slots__ = ("env", "disk", "memory", "footprint", "lru", "used", "inflight", "hits", "misses")
+
+    def __init__(self, env, disk: Disk, memory_bytes: float):
+        self.env = env
+        self.disk = disk
+        self.memory = memory_bytes
+        self.footprint = 0.0
+        self.lru: OrderedDict = OrderedDict()
+        self.used = 0.0
+        self.inflight: dict = {}
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def capacity(self) -> float:
+        return max(0.0, self.memory - self.footprint)
+
+    def touch(self, file: int, nbytes: float):
+        """None on a hit; on a miss the event of the disk read that brings the file in."""
+        lru = self.lru
+        if file in lru:
+            lru.move_to_end(file)
+            self.hits += 1
+            return None
+        self.misses += 1
+        ev = self.inflight.get(file)
+        if ev is None:
+            ev = self.disk.read(file, nbytes)
+            self.inflight[file] = ev
+            ev.callbacks.append(lambda _e: self._insert(file, nbytes))
+        return ev
+
+    def _insert(self, file, nbytes):
+        self.inflight.pop(file, None)
+        if nbytes > self.capacity:
+            return
+        self.lru[file] = nbytes
+        self.used += nbytes
+        self.shrink()
+
+    def shrink(self):
+        cap = self.capacity
+        lru = self.lru
+        while self.used > cap and lru:
+            _f, b = lru.popitem(last=False)
+            self.used -= b
+
+    def warm(self, files, sizes):
+        """Fill the cache as a long-running server would find it: `files` best first, and the
+        best placed as most recently used, so that they are the last to be evicted."""
+        chosen = []
+        for f in files:
+            b = float(sizes[f])
+            if self.used + b <= self.capacity:
+                chosen.append((int(f), b))
+                self.used += b
+        for f, b in reversed(chosen):
+            self.lru[f] = b

@@ -1,0 +1,202 @@
+"""The server machine as the models see it: hardware, costs, the listen socket and connections.
+
+A model (see models/sped.py) is a set of entities, processes or kernel threads,
+each a SimPy process that charges operations to the CPU through `Entity.charge`
+and moves reply bytes through the socket helpers here. Everything the
+architectures have in common lives here, once.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import simpy
+
+from .config import Hardware, Profile
+from .hardware import CPU, Disk, Link, PageCache
+
+HEADER_BYTES = 250  # a typical HTTP/1.1 response header
+
+
+class Costs:
+    """The profile's operation costs as plain attributes (fixed seconds, `_b` per unit), for the hot path."""
+
+    def __init__(self, profile: Profile, needed: tuple[str, ...]):
+        for op in needed:
+            c = profile.cost(op)
+            setattr(self, op, c.fixed)
+            setattr(self, op + "_u", c.per_unit)
+
+
+class Entity:
+    """A schedulable entity (process or kernel thread) with the descriptors it watches."""
+
+    __slots__ = ("server", "name", "ready", "waiting", "nconns", "opened", "blocked_s")
+
+    def __init__(self, server: "Server", name: str):
+        self.server = server
+        self.name = name
+        self.ready: list = []      # connections with something to do
+        self.waiting = None        # event while blocked waiting for readiness
+        self.nconns = 0
+        self.opened = None         # its header/descriptor cache (a set of files), if private
+        self.blocked_s = 0.0
+
+    def signal(self, conn) -> None:
+        """`conn` became readable or writable (or was closed by the client)."""
+        if not conn.queued:
+            conn.queued = True
+            self.ready.append(conn)
+            self.wake()
+
+    def wake(self) -> None:
+        ev = self.waiting
+        if ev is not None:
+            self.waiting = None
+            ev.succeed()
+
+    def wait(self) -> simpy.Event:
+        self.waiting = simpy.Event(self.server.env)
+        return self.waiting
+
+    def run(self, seconds: float) -> simpy.Event:
+        return self.server.cpu.run(self, seconds)
+
+    def __repr__(self):
+        return self.name
+
+
+class Server:
+    """The machine under test: CPU, NICs, disk, page cache, listen socket and connection limit."""
+
+    header_bytes = HEADER_BYTES
+
+    def __init__(self, env: simpy.Environment, hw: Hardware, profile: Profile, fileset, ops: tuple[str, ...]):
+        self.env = env
+        self.hw = hw
+        self.profile = profile
+        self.costs = Costs(profile, ops)
+        self.sizes = fileset.sizes
+        self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed)
+        self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
+        self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024)
+        self.cache = PageCache(env, self.disk, (hw.memory_mb - hw.kernel_mb) * 2**20)
+        self.sndbuf = hw.sndbuf_kb * 1024
+        self.backlog: deque = deque()
+        self.listeners: list[Entity] = []
+        self.max_conns = 1 << 62
+        self.open_conns = 0
+        self.accepted = 0
+        self.clients = None        # set by the run loop
+        self.shared_opened: set = set()
+        self._rr = 0
+
+    def entity(self, name: str) -> Entity:
+        return Entity(self, name)
+
+    def block(self, entity: Entity, ev):
+        """`entity` waits for `ev` (a disk read, a full socket) off the CPU."""
+        if not ev.processed:
+            t = self.env.now
+            yield ev
+            entity.blocked_s += self.env.now - t
+
+    # -- memory ---------------------------------------------------------------------------------
+    def add_footprint(self, kb: float) -> None:
+        """Resident memory taken by the servers; the page cache shrinks to make room."""
+        self.cache.footprint += kb * 1024
+        if kb > 0:
+            self.cache.shrink()
+
+    # -- the listen socket ----------------------------------------------------------------------
+    def syn(self, conn) -> bool:
+        """A client's SYN: queued if the listen backlog has room (the kernel completes the handshake)."""
+        if len(self.backlog) >= self.hw.listen_backlog:
+            return False
+        self.backlog.append(conn)
+        for e in self.listeners:   # every entity polling the listen socket is woken
+            e.wake()
+        return True
+
+    def can_accept(self) -> bool:
+        return bool(self.backlog) and self.open_conns < self.max_conns
+
+    def accept(self, entity: Entity, limit: int) -> int:
+        """Accept up to `limit` connections (0: until EWOULDBLOCK); returns how many accept calls ran."""
+        calls = 0
+        backlog = self.backlog
+        fp = self.profile.footprint.connection_kb
+        while backlog and self.open_conns < self.max_conns and (limit == 0 or calls < limit):
+            conn = backlog.popleft()
+            calls += 1
+            conn.accepted = True
+            conn.owner = entity
+            self._rr = (self._rr + 1) % len(self.links)
+            conn.link = self.links[self._rr]
+            entity.nconns += 1
+            self.open_conns += 1
+            self.accepted += 1
+            self.add_footprint(fp)
+            entity.signal(conn)   # its first request (or its EOF) is already waiting
+        if limit == 0 or calls < limit:
+            calls += 1            # the accept that returns EWOULDBLOCK
+        return calls
+
+    def close(self, conn) -> None:
+        entity = conn.owner
+        entity.nconns -= 1
+        self.open_conns -= 1
+        self.add_footprint(-self.profile.footprint.connection_kb)
+        if conn.flow is not None:
+            self.abort_send(conn)
+        conn.owner = None
+        conn.accepted = False
+
+    # -- files ----------------------------------------------------------------------------------
+    def header_cached(self, entity: Entity, file: int) -> bool:
+        """Look the file up in the header/descriptor cache; True on a hit (else it is opened now)."""
+        opened = entity.opened if entity.opened is not None else self.shared_opened
+        if file in opened:
+            return True
+        opened.add(file)
+        return False
+
+    # -- sockets --------------------------------------------------------------------------------
+    def send(self, conn, nbytes: float, on_done) -> None:
+        """Hand `nbytes` of the reply to the socket; `on_done(conn)` when they have left the NIC."""
+        conn.unsent -= nbytes
+        conn.flow = conn.link.send(nbytes, on_done, conn)
+
+    def reply_sent(self, conn) -> None:
+        """A piece of a reply has left the NIC: the socket is writable again, or the reply is complete."""
+        conn.flow = None
+        if conn.closed:
+            return
+        if conn.unsent > 0:
+            conn.owner.signal(conn)
+        else:
+            conn.state = 0
+            self.clients.reply_done(conn)
+
+    def blocking_send(self, entity: Entity, conn, nbytes: float):
+        """A blocking send: `entity` sleeps until `nbytes` have left and the rest fits the socket buffer."""
+        conn.waiter = ev = simpy.Event(self.env)
+        self.send(conn, nbytes, self._unblock)
+        yield from self.block(entity, ev)
+
+    def _unblock(self, conn) -> None:
+        conn.flow = None
+        w = conn.waiter
+        if w is not None:
+            conn.waiter = None
+            w.succeed()
+
+    def abort_send(self, conn) -> None:
+        """The peer is gone: drop what is in flight and release a sender blocked on the socket."""
+        if conn.flow is not None:
+            conn.link.cancel(conn.flow)
+            conn.flow = None
+        conn.unsent = 0
+        w = conn.waiter
+        if w is not None:
+            conn.waiter = None
+            w.succeed()
