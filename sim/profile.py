@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 from .config import Footprint, Hardware, Profile
@@ -66,7 +67,7 @@ def load_profile(name_or_path, base_dir=None) -> Profile:
         raise ScenarioError(name_or_path, None, "profile", "no bundled profile and no such file",
                             "a bundled profile (" + (", ".join(bundled_profiles()) or "none")
                             + ") or a path to a profile TOML file")
-    data, index = read_toml(path)
+    data, index = read_toml(path, parse_float=_Exact)
     return profile_from_dict(data, path, Checker(path, index))
 
 
@@ -88,8 +89,8 @@ def profile_from_dict(data: dict, source, checker: Checker | None = None) -> Pro
             ck.fail(f"costs.{op}", f"unknown operation {op!r}{suggest(op, OPERATIONS)}",
                     "the operations of sim/operations.py: " + ", ".join(OPERATIONS))
         given = ck.table(table, f"costs.{op}", _COST_SPECS, f"costs.{op}")
-        costs[op] = Cost(fixed=given.get("fixed_us", 0.0) / 1e6, per_unit=given.get("per_unit_us", 0.0) / 1e6)
-    provenance = data.get("provenance", {})
+        costs[op] = Cost(fixed=_seconds(table.get("fixed_us", 0.0)), per_unit=_seconds(table.get("per_unit_us", 0.0)))
+    provenance = _plain_floats(data.get("provenance", {}))
     profile = Profile(name=head.get("name", Path(str(source)).stem), costs=costs, hardware=hardware,
                       footprint=footprint, description=head.get("description", ""), source=str(source))
     if "provenance" in Profile.__dataclass_fields__:
@@ -113,20 +114,41 @@ def provenance_of(profile: Profile) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _us(seconds: float) -> float:
-    """Microseconds that read back (divided by 1e6) as exactly `seconds`."""
-    us = seconds * 1e6
-    for _ in range(16):
-        back = us / 1e6
-        if back == seconds:
-            return us
-        us = math.nextafter(us, math.inf if back < seconds else -math.inf)
-    return seconds * 1e6
+class _Exact(float):
+    """A TOML float that remembers its text, so microseconds convert to seconds exactly."""
+
+    def __new__(cls, text):
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
+def _seconds(us) -> float:
+    """Microseconds (as written in the file) to seconds, correctly rounded."""
+    if isinstance(us, _Exact):
+        return float(Decimal(us.text).scaleb(-6))
+    return float(Decimal(repr(float(us))).scaleb(-6))
+
+
+def _us_text(seconds: float) -> str:
+    """Microseconds as TOML text that reads back (via `_seconds`) as exactly `seconds`."""
+    if seconds == 0:
+        return "0.0"
+    text = str(Decimal(repr(float(seconds))).scaleb(6))
+    return text if any(c in text for c in ".eE") else text + ".0"
+
+
+def _plain_floats(value):
+    if isinstance(value, dict):
+        return {k: _plain_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_floats(v) for v in value]
+    return float(value) if isinstance(value, _Exact) else value
 
 
 def profile_to_dict(profile: Profile, provenance: dict | None = None) -> dict:
     """The profile as the tables of its TOML file (costs in microseconds), JSON-able."""
-    costs = {op: {"fixed_us": _us(c.fixed), "per_unit_us": _us(c.per_unit)}
+    costs = {op: {"fixed_us": float(_us_text(c.fixed)), "per_unit_us": float(_us_text(c.per_unit))}
              for op, c in sorted(profile.costs.items(), key=lambda kv: list(OPERATIONS).index(kv[0])
                                  if kv[0] in OPERATIONS else len(OPERATIONS))}
     return {
@@ -217,9 +239,9 @@ def profile_to_toml(profile: Profile, provenance: dict | None = None) -> str:
     for section in ("profile", "hardware", "footprint"):
         _toml_table(lines, (section,), d[section])
         lines.append("")
-    for op, cost in d["costs"].items():
-        _toml_table(lines, ("costs", op), cost)
-        lines.append("")
+    for op in d["costs"]:
+        cost = profile.costs[op]
+        lines += [f"[costs.{op}]", f"fixed_us = {_us_text(cost.fixed)}", f"per_unit_us = {_us_text(cost.per_unit)}", ""]
     if prov:
         _toml_table(lines, ("provenance",), prov)
         lines.append("")

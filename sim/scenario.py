@@ -127,7 +127,7 @@ class LineIndex:
         return None
 
 
-def read_toml(path) -> tuple[dict, LineIndex]:
+def read_toml(path, parse_float=float) -> tuple[dict, LineIndex]:
     """Parse a TOML file; any failure is a one-line ScenarioError."""
     try:
         raw = Path(path).read_bytes()
@@ -140,7 +140,7 @@ def read_toml(path) -> tuple[dict, LineIndex]:
         raise ScenarioError(path, raw[:e.start].count(b"\n") + 1, "(file)", "not UTF-8 text",
                             "a UTF-8 TOML file") from None
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text, parse_float=parse_float)
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
@@ -528,9 +528,17 @@ def _servers(ck: Checker, tables: list) -> list[ServerSpec]:
         try:
             instance = models.knobs_class(architecture)(**knobs)
         except (ValueError, TypeError) as e:
-            ck.fail(key, str(e), f"the knobs of {architecture}: {', '.join(specs)}")
+            ck.fail(_blamed(ck, key, knobs, str(e)), str(e), f"the knobs of {architecture}: {', '.join(specs)}")
         out.append(ServerSpec(label=label, architecture=architecture, knobs=instance))
     return out
+
+
+def _blamed(ck: Checker, key: str, given: dict, message: str) -> str:
+    """The key a dataclass's own complaint is about: a given knob it names (an overridden one first)."""
+    found = [(m.start(), n) for n in given for m in [re.search(rf"\b{re.escape(n)}\b", message)] if m]
+    named = [n for _, n in sorted(found)]  # in the order the message names them
+    named.sort(key=lambda n: ck._override_of(f"{key}.{n}") is None)
+    return f"{key}.{named[0]}" if named else key
 
 
 # ---------------------------------------------------------------- writing out
