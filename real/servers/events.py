@@ -1,0 +1,160 @@
+"""Readiness notification behind one small interface: epoll, poll or select.
+
+`wait()` returns [(fd, mask)] with the masks of select.epoll (IN=1, OUT=4,
+ERR=8, HUP=16; poll uses the same values). Traced: epoll_wait (units: ready
+events), epoll_ctl (each add/modify/remove), poll and select (units: descriptors
+in the interest set). poll's and select's interest sets live in user space, so
+changing them costs no system call and is not traced.
+"""
+from __future__ import annotations
+
+import select
+import time
+
+from ..trace import Recorder
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+ERR = select.EPOLLERR
+HUP = select.EPOLLHUP
+_perf = time.perf_counter
+
+# select.select refuses descriptors >= FD_SETSIZE
+FD_SETSIZE = 1024
+
+
+class EpollSet:
+    name = "epoll"
+
+    def __init__(self, rec: Recorder | None):
+        self.ep = select.epoll()
+        self.rec = rec
+        self.n = 0
+
+    def _ctl(self, fn, *args) -> None:
+        rec = self.rec
+        if rec is None:
+            fn(*args)
+            return
+        w0 = _perf()
+        c0 = rec.cpu0()
+        try:
+            fn(*args)
+        finally:
+            rec.add("epoll_ctl", 1, w0, c0)
+
+    def register(self, fd: int, mask: int) -> None:
+        self._ctl(self.ep.register, fd, mask)
+        self.n += 1
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._ctl(self.ep.modify, fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self._ctl(self.ep.unregister, fd)
+        self.n -= 1
+
+    def wait(self, timeout: float) -> list:
+        rec = self.rec
+        if rec is None:
+            return self.ep.poll(timeout)
+        w0 = _perf()
+        c0 = rec.cpu0()
+        ev = []
+        try:
+            ev = self.ep.poll(timeout)
+        finally:
+            rec.add("epoll_wait", len(ev), w0, c0)
+        return ev
+
+    def close(self) -> None:
+        self.ep.close()
+
+
+class PollSet:
+    name = "poll"
+
+    def __init__(self, rec: Recorder | None):
+        self.p = select.poll()
+        self.rec = rec
+        self.n = 0
+
+    def register(self, fd: int, mask: int) -> None:
+        self.p.register(fd, mask)
+        self.n += 1
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.p.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.p.unregister(fd)
+        self.n -= 1
+
+    def wait(self, timeout: float) -> list:
+        ms = max(0, int(timeout * 1000))
+        rec = self.rec
+        if rec is None:
+            return self.p.poll(ms)
+        w0 = _perf()
+        c0 = rec.cpu0()
+        try:
+            return self.p.poll(ms)
+        finally:
+            rec.add("poll", self.n, w0, c0)
+
+    def close(self) -> None:
+        pass
+
+
+class SelectSet:
+    name = "select"
+
+    def __init__(self, rec: Recorder | None):
+        self.r: set[int] = set()
+        self.w: set[int] = set()
+        self.rec = rec
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd >= FD_SETSIZE:
+            raise OSError(f"descriptor {fd} beyond FD_SETSIZE for select")
+        self.modify(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        (self.r.add if mask & IN else self.r.discard)(fd)
+        (self.w.add if mask & OUT else self.w.discard)(fd)
+
+    def unregister(self, fd: int) -> None:
+        self.r.discard(fd)
+        self.w.discard(fd)
+
+    @property
+    def n(self) -> int:
+        return len(self.r | self.w)
+
+    def wait(self, timeout: float) -> list:
+        rec = self.rec
+        r = list(self.r)
+        w = list(self.w)
+        if rec is None:
+            rr, ww, _ = select.select(r, w, [], timeout)
+        else:
+            w0 = _perf()
+            c0 = rec.cpu0()
+            rr = ww = ()
+            try:
+                rr, ww, _ = select.select(r, w, [], timeout)
+            finally:
+                rec.add("select", len(r) + len(w), w0, c0)
+        if not ww:
+            return [(fd, IN) for fd in rr]
+        out: dict[int, int] = {fd: IN for fd in rr}
+        for fd in ww:
+            out[fd] = out.get(fd, 0) | OUT
+        return list(out.items())
+
+    def close(self) -> None:
+        pass
+
+
+def make(kind: str, rec: Recorder | None):
+    return {"epoll": EpollSet, "poll": PollSet, "select": SelectSet}[kind](rec)
