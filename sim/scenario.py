@@ -488,6 +488,7 @@ def load_scenario(path, *, seed=None, overrides=None) -> Scenario:
                 "replications <= max_replications")
 
     servers = tuple(_servers(ck, data.get("server", [])))
+    _check_costs(ck, profile, servers)
     return Scenario(name=name, profile=replace(profile, footprint=footprint), hardware=hardware,
                     workload=workload, run=run, servers=servers,
                     description=head.get("description", ""), source=str(path))
@@ -531,6 +532,19 @@ def _servers(ck: Checker, tables: list) -> list[ServerSpec]:
             ck.fail(_blamed(ck, key, knobs, str(e)), str(e), f"the knobs of {architecture}: {', '.join(specs)}")
         out.append(ServerSpec(label=label, architecture=architecture, knobs=instance))
     return out
+
+
+def _check_costs(ck: Checker, profile, servers) -> None:
+    """Every operation a server's model charges must have a cost: better now than mid-run."""
+    import models
+
+    for i, spec in enumerate(servers):
+        needed = getattr(models.module_of(spec.architecture), "OPERATIONS", ())
+        missing = [op for op in needed if op not in profile.costs]
+        if missing:
+            ck.fail(f"server[{i}].architecture", f"{spec.architecture} charges {', '.join(missing)}, which profile "
+                    f"{profile.name!r} ({profile.source}) has no cost for",
+                    "a profile with a [costs.OP] table for each operation the architecture charges")
 
 
 def _blamed(ck: Checker, key: str, given: dict, message: str) -> str:

@@ -210,6 +210,19 @@ def test_bad_scenario(tmp_path, case):
     assert "; allowed: " in message
 
 
+def test_costs_the_model_charges_must_be_in_the_profile(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["fake_threaded"], "OPERATIONS", ("accept", "poll", "sendfile", "close"),
+                        raising=False)
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    e = info.value
+    assert e.key == "server[1].architecture" and e.line == GOOD.splitlines().index('architecture = "threaded"') + 1
+    assert "threaded charges poll, close, which profile 'test-box'" in str(e)
+    monkeypatch.setattr(sys.modules["fake_threaded"], "OPERATIONS", ("accept", "sendfile"))
+    assert load_scenario(path).servers[1].architecture == "threaded"
+
+
 def test_unreadable_and_non_utf8(tmp_path):
     with pytest.raises(ScenarioError) as info:
         load_scenario(tmp_path / "missing.toml")
@@ -394,7 +407,10 @@ def test_every_registered_architecture_loads_with_each_knob(tmp_path):
     """Generic over the registry: each knob of each architecture can be written and reads back."""
     from sim.profile import _toml_value
 
-    text = GOOD[:GOOD.index("[[server]]")]
+    from sim.operations import OPERATIONS
+
+    (tmp_path / "full.toml").write_text("".join(f"[costs.{op}]\nfixed_us = 1.0\n" for op in OPERATIONS))
+    text = GOOD[:GOOD.index("[[server]]")].replace('"prof.toml"', '"full.toml"')
     expected = {}
     for i, architecture in enumerate(sorted(models.ARCHITECTURES)):
         knobs = models.knobs_class(architecture)()
