@@ -144,6 +144,10 @@ BAD = [
     ("nan-float", edit("disk_mb_s = 100", "disk_mb_s = nan #!"), "hardware.disk_mb_s", "finite"),
     ("table-for-int", edit("cores = 4", "cores = {n = 4} #!"), "hardware.cores", "a table"),
     ("below-min", edit("cores = 4", "cores = 0 #!"), "hardware.cores", "below the minimum 1"),
+    ("quoted-key", edit("cores = 4", '"cores" = 0   #! a comment'), "hardware.cores", "below the minimum 1"),
+    ("inline-table", "hardware = {cores = 0} #!\n" + edit(
+        "[hardware]\ncores = 4\ndisk_mb_s = 100            # an integer is fine for a float\n", ""),
+     "hardware.cores", "below the minimum 1"),
     ("above-max", edit("cores = 4", "cores = 5000 #!"), "hardware.cores", "above the maximum 1024"),
     # the second [[server]]'s `processes`, not the first's
     ("knob-out-of-range", edit("processes = 4", "processes = 0 #!"), "server[1].processes", "below the minimum"),
