@@ -405,19 +405,19 @@ def _apply_overrides(ck: Checker, data: dict, overrides: dict) -> None:
                                         f"server[0] to server[{len(servers) - 1}]" if servers else "no servers")
             else:
                 label, _, name = text[len("server."):].rpartition(".")
-                labels = [s.get("label") for s in servers if isinstance(s, dict)]
+                labels = [s.get("label") for s in servers]
                 if not label or label not in labels:
-                    raise ScenarioError(ck.path, None, shown, f"no server is labelled {label!r}{suggest(label, labels)}",
-                                        "server.LABEL.KEY with a label of the scenario: "
-                                        + ", ".join(str(x) for x in labels))
+                    known = [x for x in labels if isinstance(x, str)]
+                    raise ScenarioError(ck.path, None, shown, f"no server is labelled {label!r}{suggest(label, known)}",
+                                        "server.LABEL.KEY with a label of the scenario: " + ", ".join(known))
                 i = labels.index(label)
             servers[i][name] = value
             ck.overridden[f"server[{i}].{name}"] = text
             continue
         section, dot, name = text.partition(".")
         if not dot or not name or "." in name or section not in SECTIONS:
-            raise ScenarioError(ck.path, None, shown,
-                                f"not a key of the scenario{suggest(section, SECTIONS) if not dot or section not in SECTIONS else ''}",
+            hint = suggest(section, SECTIONS) if section not in SECTIONS else ""
+            raise ScenarioError(ck.path, None, shown, f"not a key of the scenario{hint}",
                                 "SECTION.KEY (sections: " + ", ".join(SECTIONS[:-1])
                                 + "), server[N].KEY or server.LABEL.KEY")
         data.setdefault(section, {})[name] = value
