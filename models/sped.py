@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import knob
+from sim.server import HEADER_BYTES
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "select",
               "epoll_wait", "epoll_ctl", "close", "ctx_switch", "net_tx", "net_conn")
@@ -119,3 +120,15 @@ def event_loop(server, proc, knobs):
         for conn, chunk in sends:
             if not conn.closed:
                 server.send(conn, chunk, reply_sent)
+
+
+def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float, processes: int = 1):
+    """CPU seconds per request (without the poll call's batched share), usable cores, footprint KB."""
+    cost = profile.cost
+    per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write")(HEADER_BYTES)
+                   + cost("sendfile").fixed * (1 if knobs.blocking_sockets else pieces)
+                   + (cost("sendfile").per_unit + cost("net_tx").per_unit) * mean_bytes)
+    per_connection = cost("accept")() + cost("net_conn")() + cost("read")() + cost("close")()
+    cpu = per_request + per_connection / workload.mean_requests_per_session
+    footprint = processes * profile.footprint.process_kb
+    return cpu, min(hw.cores, processes), footprint

@@ -24,3 +24,7 @@ class Knobs(sped.Knobs):
 
 def start(server, knobs: Knobs) -> list:
     return sped.start(server, knobs, processes=knobs.processes, shared_cache=knobs.shared_cache)
+
+
+def demand(profile, hw, workload, knobs, mean_bytes, pieces):
+    return sped.demand(profile, hw, workload, knobs, mean_bytes, pieces, processes=knobs.processes)

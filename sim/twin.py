@@ -1,0 +1,53 @@
+"""The analytic twin of a run: each resource's demand per request and the rate that saturates it.
+
+The CPU demand is the architecture's own (each model says what one request
+costs, a lower bound that leaves out what depends on batching, such as a poll
+call's share); the NIC demand is the mean reply over the links' bandwidth; the
+disk demand is the LRU miss ratio (Che's approximation) times the mean service
+time of a missed file. The saturation rates are upper bounds on the reply rate.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import models
+
+from .analytic import Demand, che_lru_hit_ratio, saturation_rates
+from .config import Scenario, ServerSpec
+from .server import HEADER_BYTES
+
+
+def reply_stats(scenario: Scenario) -> tuple[float, float]:
+    """Mean reply bytes and mean number of socket-buffer pieces per reply."""
+    fs = scenario.workload.fileset
+    sizes = fs.sizes + HEADER_BYTES
+    sndbuf = scenario.hardware.sndbuf_kb * 1024
+    pieces = np.ceil(sizes / sndbuf)
+    return float(fs.probabilities @ sizes), float(fs.probabilities @ pieces)
+
+
+def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
+    hw, wl, prof = scenario.hardware, scenario.workload, scenario.profile
+    module = models.module_of(spec.architecture)
+    mean_bytes, pieces = reply_stats(scenario)
+    cpu_s, cpu_servers, footprint_kb = module.demand(prof, hw, wl, spec.knobs, mean_bytes, pieces)
+    fs = wl.fileset
+    cache_bytes = max(0.0, (hw.memory_mb - hw.kernel_mb) * 2**20 - footprint_kb * 1024)
+    hit = che_lru_hit_ratio(fs.probabilities, fs.sizes.astype(float), cache_bytes)
+    # service time of a miss, weighted by how often each file misses
+    miss_p = fs.probabilities * np.exp(-fs.probabilities * hit.char_time) if hit.hit_ratio < 1 else None
+    disk_s = 0.0
+    if miss_p is not None and miss_p.sum() > 0:
+        windows = np.maximum(1, np.ceil(fs.sizes / (hw.disk_readahead_kb * 1024)))
+        service = windows * hw.disk_seek_ms / 1e3 + fs.sizes / (hw.disk_mb_s * 1e6)
+        disk_s = float(miss_p @ service)
+    return [
+        Demand("cpu", cpu_s, cpu_servers),
+        Demand("nic", mean_bytes / (hw.nic_gbps * 1e9 / 8), hw.nics),
+        Demand("disk", disk_s, hw.disks),
+    ]
+
+
+def bounds(scenario: Scenario, spec: ServerSpec) -> dict[str, float]:
+    """Requests/s at which each resource saturates."""
+    return saturation_rates(demands(scenario, spec))
