@@ -76,6 +76,45 @@ class Clients:
         env.process(self._arrivals())
         env.process(self._reaper())
 
+    def prefill(self, horizon_s: float = 60.0) -> int:
+        """Sessions already under way at time 0, as if the clients had run for ever at light load.
+
+        Without them a run would start empty and the request rate would ramp up over
+        a whole session length. Each past session is replayed with instant replies to
+        find where it stands at time 0; those still going hold an open connection
+        (adopted by the server without an accept) and a pending next request.
+        """
+        env, rng, w = self.env, self.rng, self.w
+        n = int(rng.poisson(self.session_rate * horizon_s))
+        born = np.sort(rng.uniform(-horizon_s, 0.0, n))
+        adopted = 0
+        for t in born:
+            left = int(rng.integers(w.session_requests_min, w.session_requests_max + 1))
+            burst_left = self._burst_len()
+            while True:  # send a request at t, get the reply at once, think
+                left -= 1
+                burst_left -= 1
+                if left <= 0:
+                    break
+                if burst_left <= 0:
+                    burst_left = self._burst_len()
+                    t += self._think(w.think_between_bursts_s)
+                else:
+                    t += self._think(w.think_within_burst_s)
+                if t >= 0.0:
+                    break
+            if left <= 0:
+                continue
+            conn = Connection(self.next_id, left, t)
+            self.next_id += 1
+            conn.reqno = 1
+            conn.burst_left = burst_left + 1
+            if not self.server.adopt(conn):
+                continue
+            adopted += 1
+            env.timeout(t).callbacks.append(lambda _e, c=conn: self._send(c) if not c.closed else None)
+        return adopted
+
     # -- drawing --------------------------------------------------------------------------------
     def _next_file(self) -> int:
         if self._fpos >= len(self._files):

@@ -38,6 +38,7 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     window = (run.warmup_s, run.warmup_s + run.duration_s)
     clients = Clients(env, wl, rate, rng, server, window)
     server.clients = clients
+    clients.prefill()
     return env, server, clients, entities
 
 

@@ -88,7 +88,9 @@ class Server:
         self.accepted = 0
         self.clients = None        # set by the run loop
         self.shared_opened: set = set()
+        self.adopt_by = None
         self._rr = 0
+        self._adopted = 0
 
     def entity(self, name: str) -> Entity:
         return Entity(self, name)
@@ -124,22 +126,41 @@ class Server:
         """Accept up to `limit` connections (0: until EWOULDBLOCK); returns how many accept calls ran."""
         calls = 0
         backlog = self.backlog
-        fp = self.profile.footprint.connection_kb
         while backlog and self.open_conns < self.max_conns and (limit == 0 or calls < limit):
             conn = backlog.popleft()
             calls += 1
-            conn.accepted = True
-            conn.owner = entity
-            self._rr = (self._rr + 1) % len(self.links)
-            conn.link = self.links[self._rr]
-            entity.nconns += 1
-            self.open_conns += 1
             self.accepted += 1
-            self.add_footprint(fp)
+            self._attach(entity, conn)
             entity.signal(conn)   # its first request (or its EOF) is already waiting
         if limit == 0 or calls < limit:
             calls += 1            # the accept that returns EWOULDBLOCK
         return calls
+
+    def adopt(self, conn) -> bool:
+        """Take over a connection opened before the run began (no accept is charged).
+
+        Models whose connections are not owned by the listening entities set `adopt_by`.
+        """
+        if self.open_conns >= self.max_conns:
+            return False
+        if self.adopt_by is not None:
+            entity = self.adopt_by(conn)
+            if entity is None:
+                return False
+        else:
+            entity = self.listeners[self._adopted % len(self.listeners)]
+        self._adopted += 1
+        self._attach(entity, conn)
+        return True
+
+    def _attach(self, entity: Entity, conn) -> None:
+        conn.accepted = True
+        conn.owner = entity
+        self._rr = (self._rr + 1) % len(self.links)
+        conn.link = self.links[self._rr]
+        entity.nconns += 1
+        self.open_conns += 1
+        self.add_footprint(self.profile.footprint.connection_kb)
 
     def close(self, conn) -> None:
         entity = conn.owner
