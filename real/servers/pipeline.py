@@ -1,0 +1,238 @@
+"""WatPipe's pipeline: four stages on kernel threads, connections passed between them.
+
+1. accept: one thread, blocking accept; stops at --max-conns.
+2. read: one thread waits (select/poll/epoll) for readable connections, reads and
+   parses, and hands a connection with a reply to the writers.
+3. write-select: one thread waits for writable connections and hands them back to
+   the writers.
+4. writers: --writers threads doing non-blocking sendfile; a reply that would
+   block goes to stage 3; a finished one sends the connection back to stage 2.
+A connection belongs to one stage at a time; each hand-off is a queue put (traced
+as `handoff`) plus an eventfd write to wake a waiting stage. Each stage has its
+own trace recorder (role accept, read, wselect, writer).
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import queue
+import socket
+import threading
+import time
+
+from . import events
+from .base import Config, Conn, Context, Stopper, announce, log, make_listener, traced_accept
+from .events import IN, OUT
+
+_perf = time.perf_counter
+
+
+class Stage:
+    """A waiting stage: an inbox of connections, an eventfd to be woken, an event set."""
+
+    def __init__(self, kind: str, rec, mask: int):
+        self.inbox: collections.deque = collections.deque()
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ev = events.make(kind, rec)
+        self.ev.register(self.wake, IN)
+        self.mask = mask
+        self.conns: dict[int, Conn] = {}
+
+    def put(self, c: Conn, rec) -> None:
+        """Called from another thread."""
+        if rec is None:
+            self.inbox.append(c)
+            os.eventfd_write(self.wake, 1)
+            return
+        w0 = _perf()
+        c0 = rec.cpu0()
+        self.inbox.append(c)
+        os.eventfd_write(self.wake, 1)
+        rec.add("handoff", 1, w0, c0)
+
+    def drain(self) -> list[Conn]:
+        try:
+            os.eventfd_read(self.wake)
+        except BlockingIOError:
+            pass
+        out = []
+        while self.inbox:
+            out.append(self.inbox.popleft())
+        return out
+
+    def add(self, c: Conn) -> None:
+        self.conns[c.fd] = c
+        self.ev.register(c.fd, self.mask)
+
+    def remove(self, c: Conn) -> None:
+        del self.conns[c.fd]
+        try:
+            self.ev.unregister(c.fd)
+        except (OSError, KeyError, ValueError):
+            pass
+
+    def close(self) -> None:
+        for c in list(self.conns.values()):
+            c.close()
+        self.ev.close()
+        os.close(self.wake)
+
+
+def run(cfg: Config) -> int:
+    lsock = make_listener(cfg)
+    ctx = Context(cfg)
+    stop = threading.Event()
+
+    def on_signal():
+        stop.set()
+        try:
+            lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    stopper = Stopper(on_signal)
+    slots = threading.BoundedSemaphore(cfg.max_conns)
+    rrec, wsrec = ctx.recorder("read"), ctx.recorder("wselect")
+    reader = Stage(cfg.event, rrec, IN)
+    wselect = Stage(cfg.event, wsrec, OUT)
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    idle, reqt, tick = cfg.idle_timeout, cfg.request_timeout, cfg.tick
+    clock = time.monotonic
+
+    def finish(c: Conn) -> None:
+        c.close()
+        slots.release()
+
+    def to_writers(c: Conn, rec) -> None:
+        if rec is None:
+            work.put(c)
+            return
+        w0 = _perf()
+        c0 = rec.cpu0()
+        work.put(c)
+        rec.add("handoff", 1, w0, c0)
+
+    def accept_stage() -> None:
+        rec = ctx.recorder("accept")
+        while not stop.is_set():
+            if not slots.acquire(timeout=tick):
+                continue
+            try:
+                s = traced_accept(lsock, rec)
+            except OSError as e:
+                slots.release()
+                if stop.is_set():
+                    return
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log(f"accept: {e.strerror}")
+                    time.sleep(0.1)
+                continue
+            s.setblocking(False)
+            reader.put(Conn(s, ctx.cache, rec, clock()), rec)
+
+    def sweep(stage: Stage, now: float) -> None:
+        for c in list(stage.conns.values()):
+            e = c.expired(now, idle, reqt)
+            if e:
+                stage.remove(c)
+                if e == 2:
+                    c.send_timeout_reply()
+                finish(c)
+
+    def read_stage() -> None:
+        rec = rrec
+        next_sweep = clock() + tick
+        while not stop.is_set():
+            ready = reader.ev.wait(tick)
+            now = clock()
+            for fd, mask in ready:
+                if fd == reader.wake:
+                    for c in reader.drain():
+                        c.rec = rec
+                        # back from the writers: a pipelined request may be buffered already
+                        try:
+                            if c.next_reply() is not None:
+                                to_writers(c, rec)
+                                continue
+                        except OSError:
+                            finish(c)
+                            continue
+                        reader.add(c)
+                    continue
+                c = reader.conns.get(fd)
+                if c is None:
+                    continue
+                try:
+                    n = c.recv(now)
+                    if n == 0:
+                        reader.remove(c)
+                        finish(c)
+                        continue
+                    if c.next_reply() is not None:
+                        reader.remove(c)
+                        to_writers(c, rec)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    reader.remove(c)
+                    finish(c)
+            if now >= next_sweep:
+                next_sweep = now + tick
+                sweep(reader, now)
+
+    def wselect_stage() -> None:
+        rec = wsrec
+        next_sweep = clock() + tick
+        while not stop.is_set():
+            ready = wselect.ev.wait(tick)
+            now = clock()
+            for fd, mask in ready:
+                if fd == wselect.wake:
+                    for c in wselect.drain():
+                        wselect.add(c)
+                    continue
+                c = wselect.conns.get(fd)
+                if c is not None:
+                    wselect.remove(c)
+                    to_writers(c, rec)
+            if now >= next_sweep:
+                next_sweep = now + tick
+                sweep(wselect, now)
+
+    def writer() -> None:
+        rec = ctx.recorder("writer")
+        while not stop.is_set():
+            try:
+                c = work.get(timeout=tick)
+            except queue.Empty:
+                continue
+            c.rec = rec
+            try:
+                close = c.reply.close
+                if not c.send(clock()):
+                    wselect.put(c, rec)
+                elif close:
+                    finish(c)
+                else:
+                    reader.put(c, rec)
+            except OSError:
+                finish(c)
+
+    threads = [threading.Thread(target=accept_stage, name="accept", daemon=True),
+               threading.Thread(target=read_stage, name="read", daemon=True),
+               threading.Thread(target=wselect_stage, name="wselect", daemon=True)]
+    threads += [threading.Thread(target=writer, name=f"writer-{i}", daemon=True) for i in range(cfg.writers)]
+    for t in threads:
+        t.start()
+    announce(lsock)
+    while not stopper.stop:
+        stop.wait(0.5)
+    deadline = clock() + 2.0
+    for t in threads:
+        t.join(max(0.0, deadline - clock()))
+    lsock.close()
+    reader.close()
+    wselect.close()
+    ctx.close()
+    return 0
