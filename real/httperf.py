@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -384,6 +385,7 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
         "errors": m["errors"], **{kind: m[kind] for kind in ERROR_KINDS},
         "sessions_completed": m["sessions_completed"], "sessions_failed": m["sessions_failed"],
         "requests": m["requests"], "replies": m["replies"], "replies_2xx": m["status_2xx"],
+        "replies_not_2xx": m["replies"] - m["status_2xx"],
         "test_duration_s": m["test_duration_s"], "max_concurrent": m["max_concurrent"],
         "client_cpu_pct": m["cpu_pct"], "reply_rate_samples": m["samples"],
     }
@@ -431,7 +433,7 @@ def _atomic_write(path: str, text: str) -> None:
 # ---------------------------------------------------------------- nginx, the reference server
 
 NGINX_CONF = """\
-worker_processes 1;
+{user}worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -478,7 +480,9 @@ class Nginx:
         for attempt in range(3):
             self.port = free_port()
             conf = os.path.join(self.prefix, "nginx.conf")
-            _atomic_write(conf, NGINX_CONF.format(prefix=self.prefix, port=self.port, root=self.root))
+            # as root, nginx's workers would switch to `nobody`, who may not read a private root
+            user = f"user {pwd.getpwuid(0).pw_name};\n" if os.geteuid() == 0 else ""
+            _atomic_write(conf, NGINX_CONF.format(user=user, prefix=self.prefix, port=self.port, root=self.root))
             cmd = ([] if self.cpu is None else ["taskset", "-c", str(self.cpu)]) + [
                 self.nginx, "-c", conf, "-p", self.prefix + "/", "-e", os.path.join(self.prefix, "error.log")]
             log = open(os.path.join(self.prefix, "stderr.log"), "w")

@@ -1,0 +1,183 @@
+"""The httperf driver: session files, the output parser, instance planning, and live runs."""
+import importlib.util
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from real import httperf as hp
+from real.fileset import generate
+from sim.fileset import FileSet
+from sim.workload import Workload
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+FIXTURE = os.path.join(DATA, "httperf_nginx_wsesslog.txt")
+HAVE_LOAD_TOOLS = all(shutil.which(t) for t in ("httperf", "nginx", "taskset"))
+HAVE_SERVE = importlib.util.find_spec("real.serve") is not None
+
+
+# ---------------------------------------------------------------- session files
+
+def test_session_file_round_trip(tmp_path):
+    w = Workload(fileset=FileSet(directories=20))
+    log = hp.write_wsesslog(w, np.random.default_rng(3), 1000, str(tmp_path / "s.log"))
+    sessions = hp.parse_wsesslog((tmp_path / "s.log").read_text())
+    assert len(sessions) == log.n_sessions == 1000
+    counts = np.array([len(s) for s in sessions])
+    assert counts.min() >= w.session_requests_min and counts.max() <= w.session_requests_max
+    assert set(np.unique(counts)) == set(range(5, 16))  # all request counts occur
+    assert abs(counts.mean() - w.mean_requests_per_session) < 0.3
+    valid = {"/" + w.fileset.path(i) for i in range(w.fileset.n_files)}
+    assert all(uri in valid for s in sessions for uri, _ in s)
+    # every request but a session's last carries the think time that follows it; the last none
+    assert all(t is not None for s in sessions for _, t in s[:-1])
+    assert all(s[-1][1] is None for s in sessions)
+    # think times: the mix of within-burst and between-burst pauses has the model's mean per session
+    totals = np.array([sum(t for _, t in s[:-1]) for s in sessions])
+    expect = hp.mean_session_think_s(w)
+    assert abs(totals.mean() - expect) < 0.08 * expect
+    assert [a[-1] for a in log.ages] == pytest.approx(list(totals), abs=1e-9)
+    # same rng seed, same file
+    hp.write_wsesslog(w, np.random.default_rng(3), 1000, str(tmp_path / "t.log"))
+    assert (tmp_path / "s.log").read_bytes() == (tmp_path / "t.log").read_bytes()
+
+
+def test_fixed_think_times_mark_the_bursts(tmp_path):
+    w = Workload(fileset=FileSet(directories=3), think_distribution="fixed")
+    hp.write_wsesslog(w, np.random.default_rng(1), 800, str(tmp_path / "s.log"))
+    sessions = hp.parse_wsesslog((tmp_path / "s.log").read_text())
+    thinks = [t for s in sessions for _, t in s[:-1]]
+    assert set(thinks) == {0.343, 3.0}
+    bursts = np.array([1 + sum(t == 3.0 for _, t in s[:-1]) for s in sessions])
+    lengths = np.array([len(s) for s in sessions])
+    assert np.all(bursts >= np.ceil(lengths / w.burst_requests_max)) and np.all(bursts <= lengths)
+    # the burst count matches the expectation used to size the load (an independent Monte Carlo of Workload)
+    rng = np.random.default_rng(9)
+    mc = np.mean([len(w.session(rng)) for _ in range(20000)])
+    exact_think = hp.mean_session_think_s(w)
+    exact_bursts = (exact_think - (w.mean_requests_per_session - 1) * w.think_within_burst_s) / (
+        w.think_between_bursts_s - w.think_within_burst_s) + 1
+    assert exact_bursts == pytest.approx(mc, rel=0.02)
+    assert bursts.mean() == pytest.approx(mc, rel=0.05)
+
+
+def test_session_file_limits(tmp_path):
+    w = Workload(fileset=FileSet(directories=1))
+    for n in (0, 1001):
+        with pytest.raises(ValueError, match="1 to 1000"):
+            hp.write_wsesslog(w, np.random.default_rng(0), n, str(tmp_path / "x.log"))
+    assert not (tmp_path / "x.log").exists()
+
+
+def test_offered_in_window_counts_every_request_once(tmp_path):
+    w = Workload(fileset=FileSet(directories=2))
+    log = hp.write_wsesslog(w, np.random.default_rng(0), 200, str(tmp_path / "s.log"))
+    per_session = log.n_requests / log.n_sessions
+    # sessions at 4/s for 10 s, window covering everything: 40 sessions' requests
+    assert hp.offered_in_window([log], [4.0], [10.0], 0.0, 1e6) == pytest.approx(40 * per_session)
+    # split windows add up
+    parts = sum(hp.offered_in_window([log], [4.0], [10.0], a, a + 5.0) for a in range(0, 200, 5))
+    assert parts == pytest.approx(40 * per_session)
+
+
+# ---------------------------------------------------------------- instances
+
+def test_instances_follow_the_descriptor_limit():
+    w = Workload(fileset=FileSet(directories=1))
+    k, conc = hp.plan_instances(w, 100.0)
+    assert k == 1 and conc == pytest.approx(10 * hp.mean_session_think_s(w))
+    k, conc = hp.plan_instances(w, 3000.0)
+    assert k == int(np.ceil(conc / hp.CONNS_PER_INSTANCE)) and k > 1
+    with pytest.raises(hp.LoadError, match="FD_SETSIZE"):
+        hp.plan_instances(w, 100_000.0)
+
+
+# ---------------------------------------------------------------- output parser
+
+def test_parse_real_httperf_output():
+    r = hp.parse_httperf(open(FIXTURE).read())
+    assert (r["connections"], r["requests"], r["replies"]) == (120, 1201, 1201)
+    assert r["test_duration_s"] == 30.045
+    assert (r["response_ms"], r["transfer_ms"], r["connect_ms"]) == (0.3, 0.0, 0.0)
+    assert r["reply_bytes"] == 15194.0 and r["status_2xx"] == 1201 and r["max_concurrent"] == 103
+    assert r["samples"] == [101.0, 87.8, 32.8, 8.0, 5.2, 5.2]
+    assert (r["sessions_completed"], r["sessions_failed"]) == (120, 0)
+    assert r["errors"] == 0 and all(r[k] == 0 for k in hp.ERROR_KINDS)
+    assert r["net_mbps"] == 4.9 and r["cpu_pct"] == 97.1
+
+
+def test_parse_error_lines_and_merge():
+    text = open(FIXTURE).read()
+    bad = (text.replace("Errors: total 0 client-timo 0 socket-timo 0 connrefused 0 connreset 0",
+                        "Errors: total 21 client-timo 7 socket-timo 1 connrefused 2 connreset 3")
+               .replace("Errors: fd-unavail 0 addrunavail 0 ftab-full 0 other 0",
+                        "Errors: fd-unavail 4 addrunavail 1 ftab-full 2 other 1")
+               .replace("(120/120)", "(110/120)"))
+    r = hp.parse_httperf(bad)
+    assert [r[k] for k in hp.ERROR_KINDS] == [7, 1, 2, 3, 4, 1, 2, 1] and r["errors"] == 21
+    assert (r["sessions_completed"], r["sessions_failed"]) == (110, 10)
+    m = hp.merge([hp.parse_httperf(text), r])
+    assert m["replies"] == 2402 and m["errors"] == 21 and m["client_timo"] == 7
+    assert m["samples"] == [2 * x for x in [101.0, 87.8, 32.8, 8.0, 5.2, 5.2]]
+    assert m["response_ms"] == pytest.approx(0.3)
+    for broken in ("", "httperf: can't open /nope\n", text.replace("Reply time", "Reply tim")):
+        with pytest.raises(hp.HttperfOutputError):
+            hp.parse_httperf(broken)
+
+
+def test_cli_rejects_bad_arguments(capsys, tmp_path):
+    for argv in (["--rates", "100"], ["--port", "8080", "--rates", "a,b"], ["--port", "8080", "--rates", "-5"],
+                 ["--port", "0", "--rates", "100"], ["--port", "8080", "--rates", "100", "--root", str(tmp_path)],
+                 ["--port", "8080", "--rates", "1000000"]):
+        assert hp.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("simrun load: error:") and err.count("\n") == 1, err
+
+
+# ---------------------------------------------------------------- live runs
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("fileset") / "www")
+    generate(root, FileSet(directories=2), seed=0)
+    return root
+
+
+def check_low_load_run(r):
+    assert r["errors"] == 0 and r["errors_pct"] == 0.0
+    assert r["replies"] == r["replies_2xx"] > 300
+    assert 0 <= r["requests"] - r["replies"] <= 5  # a few in flight when httperf was stopped
+    assert r["reply_rps_basis"] == "samples 5-10 s"
+    # the server keeps up with what the sessions offered in the measured window
+    assert r["reply_rps"] == pytest.approx(r["offered_window_rps"], rel=0.25)
+    assert 0.4 * r["offered_rps"] < r["reply_rps"] < 1.2 * r["offered_rps"]
+    assert 7_000 < r["throughput_mbps"] * 1e6 / 8 / r["reply_rps"] < 30_000  # ~15 KB per reply
+    assert r["response_ms_mean"] < 200
+
+
+@pytest.mark.skipif(not HAVE_LOAD_TOOLS, reason="httperf, nginx or taskset not installed")
+def test_run_against_nginx_through_the_cli(small_set, tmp_path, capsys):
+    out = tmp_path / "load.json"
+    with hp.Nginx(small_set, cpu=0) as ng:
+        rc = hp.main(["--port", str(ng.port), "--rates", "150", "--duration", "10", "--root", small_set,
+                      "--core", "1", "--no-tail", "--json", str(out)])
+        assert ng.proc.poll() is None
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "reply/s" in table and "150" in table
+    doc = json.loads(out.read_text())
+    assert doc["directories"] == 2 and len(doc["runs"]) == 1
+    check_low_load_run(doc["runs"][0])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+@pytest.mark.skipif(not HAVE_LOAD_TOOLS, reason="httperf, nginx or taskset not installed")
+@pytest.mark.skipif(not HAVE_SERVE, reason="real/serve.py (simrun serve) does not exist yet")
+def test_run_against_the_python_sped_server(small_set, server_factory):
+    w = Workload(fileset=FileSet(directories=2))
+    s = server_factory("sped", small_set)
+    r = hp.run_httperf("127.0.0.1", s.port, w, 150, 10, cpu=1, seed=1, stop_after_s=10.5)
+    assert s.alive()
+    check_low_load_run(r)
