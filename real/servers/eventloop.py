@@ -24,17 +24,22 @@ READING, WRITING = 0, 1
 
 
 class Stop(BaseException):
-    """Raised from the signal handler to leave the loop from wherever it is."""
-
-
-def _raise_stop(signum, frame):
-    raise Stop()
+    """Raised from the signal handler to leave a blocking send (the only long wait but one)."""
 
 
 def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int) -> int:
     """Run one event-loop process until SIGTERM/SIGINT; returns the exit status."""
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    # A signal sets `stop`, seen within one tick; it raises only inside a blocking send, which
+    # could otherwise last the idle timeout (raising elsewhere could lose a traced call).
+    flags = {"stop": False, "in_send": False}
+
+    def on_signal(signum, frame):
+        flags["stop"] = True
+        if flags["in_send"]:
+            raise Stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     ctx = Context(cfg, background_flush=False)
     rec = ctx.recorder("loop")
     cache = ctx.cache
@@ -65,7 +70,17 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
             if r is None:
                 return
             close = r.close
-            if not c.send(now):
+            if blocking:
+                flags["in_send"] = True
+                if flags["stop"]:
+                    raise Stop()
+                try:
+                    sent = c.send(now)
+                finally:
+                    flags["in_send"] = False
+            else:
+                sent = c.send(now)
+            if not sent:
                 if blocking:            # SO_SNDTIMEO expired without progress
                     drop(c)
                 elif c.state != WRITING:
@@ -108,7 +123,7 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
     ev.register(lfd, IN)
     next_sweep = clock() + tick
     try:
-        while True:
+        while not flags["stop"]:
             ready = ev.wait(tick)
             now = clock()
             for fd, mask in ready:
