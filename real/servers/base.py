@@ -127,7 +127,7 @@ class Conn:
     """One client connection: buffered parser state, the reply in progress, deadlines."""
 
     __slots__ = ("sock", "fd", "parser", "reply", "cache", "rec", "last", "started",
-                 "closed", "state")
+                 "closed", "state", "drain")
 
     def __init__(self, sock: socket.socket, cache: http.FileCache, rec: Recorder | None, now: float):
         self.sock = sock
@@ -140,6 +140,7 @@ class Conn:
         self.started = 0.0       # when the buffered, incomplete request began (0: none)
         self.closed = False
         self.state = 0           # free for the concurrency model (e.g. which set it is in)
+        self.drain = False       # an error reply ends the connection: read what is left first
 
     # -- reading -----------------------------------------------------------
     def recv(self, now: float) -> int:
@@ -173,6 +174,7 @@ class Conn:
             except http.HttpError as err:
                 req = None
                 self.reply = http.error_reply(err)
+                self.drain = err.close
             else:
                 if req is None:
                     if not self.parser.started:
@@ -187,6 +189,7 @@ class Conn:
             except http.HttpError as err:
                 req = None
                 self.reply = http.error_reply(err)
+                self.drain = err.close
                 rec.add("parse", 1, w0, c0)
             else:
                 if req is None:     # incomplete: not a parse, just a look at the buffer
@@ -268,8 +271,20 @@ class Conn:
     def send_timeout_reply(self) -> None:
         """Best effort 408 on a slow request, never blocking for long."""
         self.finish_reply()
+        self.drain = True
         try:
             self.sock.send(http.timeout_reply().head, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def _drain(self) -> None:
+        """Read (without waiting) what the client already sent, so that closing after an
+        error reply sends FIN rather than a reset that could destroy the reply in flight."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            for _ in range(16):
+                if not self.sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
         except OSError:
             pass
 
@@ -278,6 +293,8 @@ class Conn:
             return
         self.closed = True
         self.finish_reply()
+        if self.drain:
+            self._drain()
         rec = self.rec
         if rec is None:
             self.sock.close()
