@@ -77,11 +77,25 @@ def _param_names(results: Sequence[PointResult]) -> list[str]:
     return list(seen)
 
 
+def _varying_params(results: Sequence[PointResult]) -> list[str]:
+    """The sweep parameters whose value is not the same at every point."""
+    names = _param_names(results)
+    return [n for n in names if len({repr(r.params.get(n)) for r in results}) > 1]
+
+
+def curve_name(r: PointResult, varying: Sequence[str]) -> str:
+    """A point's curve: its label, then the values of the swept parameters that vary."""
+    if not varying:
+        return r.label
+    return r.label + " " + " ".join(f"{n.rsplit('.', 1)[-1]}={_cell(r.params.get(n))}" for n in varying)
+
+
 def _grouped(results: Sequence[PointResult]) -> list[tuple[str, list[PointResult]]]:
-    """Points by label in order of first appearance, each group by offered rate."""
+    """Points by (label, swept values) in order of first appearance, each group by offered rate."""
+    varying = _varying_params(results)
     groups: dict[str, list[PointResult]] = {}
     for r in results:
-        groups.setdefault(r.label, []).append(r)
+        groups.setdefault(curve_name(r, varying), []).append(r)
     return [(k, sorted(v, key=lambda r: r.offered_rps)) for k, v in groups.items()]
 
 

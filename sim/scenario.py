@@ -8,6 +8,7 @@ workload and the run control, and lists the servers to compare:
     [footprint]                 sim.config.Footprint fields
     [workload]                  sim.workload.Workload fields, directories, zipf_alpha
     [run]                       sim.config.RunControl fields
+    [sweep]                     parameter values to sweep over (read and checked by sim/sweep.py)
     [[server]]                  label, architecture and the architecture's knobs
 
 Every key is checked against the dataclass that receives it (type, range and
@@ -30,7 +31,7 @@ from .config import Footprint, Hardware, RunControl, Scenario, ServerSpec
 from .fileset import FileSet
 from .workload import Workload
 
-SECTIONS = ("scenario", "hardware", "footprint", "workload", "run", "server")
+SECTIONS = ("scenario", "hardware", "footprint", "workload", "run", "sweep", "server")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
