@@ -45,6 +45,10 @@ class Hardware:
     sndbuf_kb: float = knob(64.0, "socket send buffer per connection in KB", min=1, max=65536)
     listen_backlog: int = knob(1024, "listen queue length; a SYN beyond it is dropped", min=1, max=1_000_000)
     syn_retry_s: float = knob(3.0, "TCP SYN retransmission timeout (doubles on each retry)", min=0.01, max=120)
+    membus_gb_s: float = knob(0.0, "memory bus bandwidth shared by all cores in GB/s; 0 = unlimited, the bus off "
+                              "(sim/membus.py)", min=0, max=1e6)
+    membus_gb_per_cpu_s: float = knob(0.5, "memory traffic of one CPU-second of server work in GB (cache misses, "
+                                      "DMA, copies); used when membus_gb_s > 0", min=0, max=1e6)
 
 
 @dataclass(frozen=True)

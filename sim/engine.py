@@ -15,6 +15,7 @@ import models
 
 from .clients import Clients
 from .config import Scenario, ServerSpec
+from . import membus
 from .server import Server
 
 
@@ -29,6 +30,7 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     env = simpy.Environment()
     module = models.module_of(spec.architecture)
     server = Server(env, hw, scenario.profile, wl.fileset, module.OPERATIONS)
+    membus.attach(server, hw)
     server.add_footprint(0)
     entities = module.start(server, spec.knobs)
     # most requests per byte first: the files an LRU cache holds on to in the long run
@@ -42,8 +44,8 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     return env, server, clients, entities
 
 
-def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int) -> dict[str, float]:
-    """Run one replication and return its metrics."""
+def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int, detail: bool = False) -> dict[str, float]:
+    """Run one replication and return its metrics (with `detail`, also each core's and NIC's utilisation)."""
     env, server, clients, entities = build(scenario, spec, rate, rep)
     run = scenario.run
     t0, t1 = run.warmup_s, run.warmup_s + run.duration_s
@@ -63,7 +65,7 @@ def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int) -> dic
     attempts = clients.replies + errors
     resp = np.frombuffer(clients.response, dtype=float) if len(clients.response) else np.empty(0)
     lookups = d["hits"] + d["misses"]
-    return {
+    out = {
         "reply_rps": clients.replies / dur,
         "throughput_mbps": clients.bytes * 8 / dur / 1e6,
         "response_ms_mean": float(resp.mean() * 1e3) if resp.size else math.nan,
@@ -79,6 +81,11 @@ def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int) -> dic
         "conns_mean": float(np.mean(clients.open_samples)) if len(clients.open_samples) else 0.0,
         "ctx_switches_per_s": d["switches"] / dur,
     }
+    out.update(membus.metrics(hw, d, dur))
+    if detail:
+        out.update({f"cpu_util_core{i}": min(1.0, d[f"core{i}"] / dur) for i in range(hw.cores)})
+        out.update({f"nic_util_link{i}": d[f"link{i}"] / dur for i in range(hw.nics)})
+    return out
 
 
 def _counters(server: Server, entities, now) -> dict[str, float]:
@@ -90,4 +97,7 @@ def _counters(server: Server, entities, now) -> dict[str, float]:
         "misses": server.cache.misses,
         "blocked": sum(e.blocked_s for e in entities),
         "switches": server.cpu.switches,
+        **membus.counters(server),
+        **{f"core{i}": b for i, b in enumerate(server.cpu.core_busy)},
+        **{f"link{i}": link.busy_time(now) for i, link in enumerate(server.links)},
     }

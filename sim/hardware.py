@@ -20,7 +20,7 @@ class CPU:
     A core that changes entity pays `switch_cost` seconds (a kernel context switch).
     """
 
-    __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches")
+    __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches", "core_busy")
 
     def __init__(self, env: simpy.Environment, cores: int, switch_cost: float):
         self.env = env
@@ -31,6 +31,7 @@ class CPU:
         self.queue: deque = deque()
         self.busy = 0.0
         self.switches = 0
+        self.core_busy = [0.0] * cores  # busy seconds of each core (the bottleneck report)
 
     def run(self, entity, seconds: float) -> simpy.Event:
         """An event that fires when `entity` has had `seconds` of CPU."""
@@ -46,6 +47,7 @@ class CPU:
             seconds += self.switch_cost
             self.switches += 1
         self.busy += seconds
+        self.core_busy[core] += seconds
         t = self.env.timeout(seconds)
         t.callbacks.append(lambda _ev: self._finish(core, done))
         return t
