@@ -1,0 +1,326 @@
+"""Peak reply rate of each live server architecture beside nginx, under the same httperf session load.
+
+    python bench/live.py [--quick] [--servers sped,...,nginx] [--phases study,capacity] [--json OUT]
+
+Each server runs pinned to core 0 (`taskset -c 0`), httperf to core 1, on one
+generated file set kept in memory (/dev/shm when there is one). For each
+server a bounded sweep of offered request rates (doubling from a start rate,
+then bisecting between the last sustained and the first failed rate) finds
+the peak: the highest reply rate of a sustained run, a run being sustained
+when errors are under 1 %, every reply is a 200, and the server answered at
+least 85 % of what the sessions offered in the measured window (see
+real/httperf.py on why the window and not the nominal rate). Runs are cut
+when their arrivals end (httperf is interrupted and reports).
+
+Two phases. `study`: the study's sessions with their think times (10 s runs,
+replies counted from 5 s on). Sessions then hold their connection ~8 s, so a
+few thousand requests/s already need several httperf processes, and httperf
+busy-polls: on one load core this phase tops out near 3,000 req/s whatever
+the server. `capacity`: the same sessions (files, requests per session)
+without think times (6 s runs), which one httperf can offer up to ~20,000
+req/s: the server's own limit, as long as it is below that.
+
+The server's CPU use during each run (its processes, from /proc) is reported
+beside its reply rate: a server well below 100 % of its core at its "peak"
+was held back by the load generator, not by its own capacity (the network
+softirq work done on its behalf is not counted in it, so it reads low).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from real.fileset import generate  # noqa: E402
+from real.httperf import LoadError, Nginx, _atomic_write, plan_instances, run_httperf  # noqa: E402
+from sim.fileset import FileSet  # noqa: E402
+from sim.workload import Workload  # noqa: E402
+
+# live architectures and their knobs: enough connections for the ~8 s sessions at a few thousand req/s
+ARCHS = {
+    "sped": ["--max-conns", "6000"],
+    "symped": ["--processes", "2", "--max-conns", "6000"],
+    "blocking": ["--processes", "16", "--max-conns", "6000"],
+    "threaded": ["--threads", "2000"],
+    "green": ["--max-conns", "6000"],
+    "pipeline": ["--writers", "4", "--max-conns", "6000"],
+}
+SERVER_CORE, LOAD_CORE = 0, 1
+KEPT_UP = 0.85
+MAX_ERRORS_PCT = 1.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Unavailable(Exception):
+    """A server that cannot be started here (missing module, unknown architecture, failed start)."""
+
+
+class PythonServer:
+    """`simrun serve ARCH` pinned to a core, started and stopped by pid."""
+
+    def __init__(self, arch: str, root: str, workdir: str):
+        self.arch, self.root, self.workdir = arch, root, workdir
+        self.proc = self.port = self.pid = None
+
+    def start(self, timeout_s: float = 20.0):
+        import importlib.util
+        if importlib.util.find_spec("real.serve") is None:
+            raise Unavailable("real/serve.py (simrun serve) does not exist yet")
+        out_path = os.path.join(self.workdir, f"{self.arch}.out")
+        err_path = os.path.join(self.workdir, f"{self.arch}.err")
+        cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "sim.cli", "serve", self.arch,
+               "--root", self.root, "--port", "0", *ARCHS[self.arch]]
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with open(out_path) as f:
+                line = f.readline()
+            if line.endswith("\n") and line.startswith("listening on "):
+                words = line.split()
+                self.port, self.pid = int(words[2].rsplit(":", 1)[1]), int(words[4])
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        with open(err_path) as f:
+            tail = f.read().strip().splitlines()
+        raise Unavailable(f"{self.arch} did not start: {tail[-1] if tail else 'no output'}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its direct children (the workers of a forking server)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def core_busy_seconds(core: int) -> float:
+    """Busy (non-idle, non-iowait) seconds of one core, softirq included: the network work a process misses."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+    return 0.0
+
+
+def one_run(pid, port, workload, rate, duration, seed, warmup_s=5.0) -> dict:
+    c0, b0, t0 = cpu_seconds(pid), core_busy_seconds(SERVER_CORE), time.monotonic()
+    r = run_httperf("127.0.0.1", port, workload, rate, duration, LOAD_CORE, seed=seed, warmup_s=warmup_s,
+                    stop_after_s=duration + 0.5)
+    wall = max(time.monotonic() - t0, 1e-9)
+    r["server_cpu_pct"] = 100.0 * (cpu_seconds(pid) - c0) / wall
+    r["server_core_busy_pct"] = 100.0 * (core_busy_seconds(SERVER_CORE) - b0) / wall
+    r["sustained"] = (r["errors_pct"] < MAX_ERRORS_PCT and r["replies_not_2xx"] == 0
+                      and r["reply_rps"] >= KEPT_UP * r["offered_window_rps"])
+    return r
+
+
+def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bisect_steps, budget_s, seed,
+              log, label) -> dict:
+    """Doubling then bisecting over offered rates; every run bounded, the sweep bounded by budget_s."""
+    runs = []
+    t_end = time.monotonic() + budget_s
+    good, bad = None, None
+    rate = start
+
+    def attempt(rate):
+        r = one_run(pid, port, workload, rate, duration, seed + len(runs), warmup_s)
+        runs.append(r)
+        log(f"  {name:<9} {label:<8} offered {rate:>7.0f}/s  window {r['offered_window_rps']:>7.0f}/s  "
+            f"reply {r['reply_rps']:>7.0f}/s  {r['throughput_mbps']:>6.0f} Mbps  err {r['errors_pct']:5.2f}%  "
+            f"resp {r['response_ms_mean']:>7.1f} ms  server cpu {r['server_cpu_pct']:>4.0f}% "
+            f"(core {r['server_core_busy_pct']:>3.0f}%)  "
+            f"httperf x{r['instances']}  {'ok' if r['sustained'] else 'NOT sustained'}")
+        time.sleep(1.0)  # let the server close the interrupted sessions
+        return r["sustained"]
+
+    stop_reason = ""
+    while time.monotonic() < t_end:
+        try:
+            plan_instances(workload, rate)
+        except LoadError:
+            stop_reason = f"load generator limit reached at {rate:.0f}/s"
+            break
+        if attempt(rate):
+            good = rate
+            rate *= 2
+        else:
+            bad = rate
+            break
+        if not alive():
+            stop_reason = "server died"
+            break
+    if good is not None and bad is not None:
+        for _ in range(bisect_steps):
+            if time.monotonic() >= t_end or not alive():
+                break
+            mid = (good + bad) / 2
+            if attempt(mid):
+                good = mid
+            else:
+                bad = mid
+    if time.monotonic() >= t_end and not stop_reason:
+        stop_reason = "time budget used"
+    ok = [r for r in runs if r["sustained"]]
+    best = max(ok, key=lambda r: r["reply_rps"]) if ok else None
+    return {"server": name, "peak_reply_rps": best["reply_rps"] if best else 0.0,
+            "peak_mbps": best["throughput_mbps"] if best else 0.0,
+            "peak_offered_rps": best["offered_rps"] if best else 0.0,
+            "server_cpu_pct_at_peak": best["server_cpu_pct"] if best else 0.0,
+            "first_failed_rps": bad, "note": stop_reason, "runs": runs}
+
+
+PHASES = {
+    # name: (think times kept?, run seconds, warm-up seconds, first rate, first rate in --quick)
+    "study": (True, 10.0, 5.0, 500.0, 1000.0),
+    "capacity": (False, 6.0, 0.0, 2000.0, 4000.0),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer, coarser steps (about 5 minutes for all servers)")
+    p.add_argument("--servers", default=",".join([*ARCHS, "nginx"]),
+                   help="comma-separated: " + ", ".join([*ARCHS, "nginx"]))
+    p.add_argument("--phases", default="study,capacity",
+                   help="study (the study's think times) and/or capacity (the same sessions without think "
+                        "times, so that one httperf can offer more); default both")
+    p.add_argument("--directories", type=int, default=5, help="file-set directories (default 5, 26 MB)")
+    p.add_argument("--budget", type=float, help="seconds for the whole sweep (default 560, quick 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write all runs to this JSON file (atomically)")
+    args = p.parse_args(argv)
+    names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    phases = [s.strip() for s in args.phases.split(",") if s.strip()]
+    unknown = [s for s in names if s not in ARCHS and s != "nginx"] + [f for f in phases if f not in PHASES]
+    if unknown or not names or not phases:
+        print(f"bench/live.py: error: unknown server(s) or phase(s) {unknown}; servers: "
+              f"{', '.join([*ARCHS, 'nginx'])}; phases: {', '.join(PHASES)}", file=sys.stderr)
+        return 2
+    if not 1 <= args.directories <= 200:
+        print("bench/live.py: error: --directories must be 1..200 (the set is kept in memory)", file=sys.stderr)
+        return 2
+    for tool in ("httperf", "taskset", "nginx"):
+        if shutil.which(tool) is None:
+            print(f"bench/live.py: error: {tool} not found (make system installs it)", file=sys.stderr)
+            return 2
+    bisect_steps = 1 if args.quick else 2
+    budget = args.budget or (300.0 if args.quick else 560.0)
+    budget_each = budget / (len(names) * len(phases))
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    workdir = tempfile.mkdtemp(prefix="bench-live-", dir=base)
+    results = []
+    t0 = time.monotonic()
+    try:
+        root = os.path.join(workdir, "www")
+        fs = FileSet(directories=args.directories)
+        generate(root, fs, seed=0)
+        workloads = {"study": Workload(fileset=fs),
+                     "capacity": Workload(fileset=fs, think_within_burst_s=0.0, think_between_bursts_s=0.0)}
+        log(f"file set: {fs.directories} directories, {fs.total_bytes / 1e6:.0f} MB in {root}; "
+            f"server on core {SERVER_CORE}, httperf on core {LOAD_CORE}")
+        for name in names:
+            server = Nginx(root, cpu=SERVER_CORE) if name == "nginx" else PythonServer(name, root, workdir)
+            try:
+                server.start()
+            except (Unavailable, LoadError) as e:
+                log(f"  {name:<9} unavailable: {e}")
+                results.append({"server": name, "unavailable": str(e)})
+                continue
+            entry = {"server": name}
+            try:
+                if name == "nginx":
+                    pid, port, alive = server.proc.pid, server.port, lambda: server.proc.poll() is None
+                else:
+                    pid, port, alive = server.pid, server.port, server.alive
+                for phase in phases:
+                    keep_think, duration, warmup, first, first_quick = PHASES[phase]
+                    entry[phase] = find_peak(name, pid, port, alive, workloads[phase],
+                                             start=first_quick if args.quick else first, duration=duration,
+                                             warmup_s=warmup, bisect_steps=bisect_steps, budget_s=budget_each,
+                                             seed=args.seed, log=log, label=phase)
+            except LoadError as e:
+                log(f"  {name:<9} load run failed: {e}")
+                entry["unavailable"] = f"load run failed: {e}"
+            finally:
+                server.stop()
+            results.append(entry)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5}"
+                                         for ph in phases) + "  notes")
+    ref = next((r for r in results if r["server"] == "nginx"), {})
+    for r in results:
+        cells, notes = [], []
+        for ph in phases:
+            x = r.get(ph)
+            if not x:
+                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5}")
+                continue
+            base_peak = ref.get(ph, {}).get("peak_reply_rps") if ref else None
+            ratio = f"{x['peak_reply_rps'] / base_peak:.2f}" if base_peak else "-"
+            cells.append(f"{x['peak_reply_rps']:>14.0f} {x['peak_mbps']:>7.1f} {ratio:>6} "
+                         f"{x['server_cpu_pct_at_peak']:>5.0f}")
+            if x["note"]:
+                notes.append(f"{ph}: {x['note']}")
+        if "unavailable" in r:
+            notes.append(r["unavailable"])
+        print(f"{r['server']:<10} " + " ".join(cells) + "  " + "; ".join(notes))
+    print(f"# {time.monotonic() - t0:.0f} s in all; cpu% = the server's own processes at the peak run "
+          "(network softirq work is not in it)")
+    if args.json:
+        doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
+               "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}
+        _atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
