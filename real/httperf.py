@@ -102,7 +102,13 @@ class SessionLog:
 
 
 def write_wsesslog(workload: Workload, rng: np.random.Generator, n_sessions: int, path: str) -> SessionLog:
-    """Write `n_sessions` sessions drawn from `workload` as an httperf --wsesslog file (atomically)."""
+    """Write `n_sessions` sessions drawn from `workload` as an httperf --wsesslog file (atomically).
+
+    Each request is its own httperf burst (a line in column 1, nothing indented, so nothing pipelined);
+    its `think=` is the pause after its reply: the within-burst think time when the next request is in
+    the same burst of our model, the between-burst one when it ends a burst, none after the session's
+    last request. Think times are drawn with `workload.think` and written to the millisecond.
+    """
     if not 1 <= n_sessions <= MAX_TEMPLATES:
         raise ValueError(f"a session file holds 1 to {MAX_TEMPLATES} sessions (httperf's limit), got {n_sessions}")
     fs = workload.fileset

@@ -6,19 +6,22 @@ its `role`). The calibration code reads it with `read_trace(path)`.
 
 What is recorded. Around each traced call the server takes the wall clock
 (time.perf_counter) and, for a pseudo-random sample of calls (probability
-CPU_SAMPLE, fixed seed per process), the calling thread's CPU clock
-(time.thread_time: a system call, too dear to take on every call). Calls are
-aggregated per (role, operation, unit bucket), where the bucket of a call with
-`u` units is u.bit_length() (0 for u = 0, 1 for 1, 2 for 2-3, 3 for 4-7, ...):
-count and sums of units, units^2, wall, wall^2, units*wall over all calls, and
-the same for the CPU-sampled calls. Per-bucket sums let a fit of fixed + per-unit
-cost use the within-bucket spread too. Units are those of OPERATIONS: bytes for
-read/write/sendfile, descriptors in the interest set for poll/select, ready
-events for epoll_wait; for `call` operations units are 1, except `accept` that
-failed with EWOULDBLOCK (0) and `ult_switch` (1, with wall and CPU 0: a gevent
-wait's own cost is not separable from the other greenlets that run meanwhile;
-its count is what the models need). Wall time of a call that blocks (a waiting
-poll, a blocking recv or sendfile) includes the waiting; CPU time does not.
+CPU_SAMPLE, fixed seed per thread), the calling thread's CPU clock
+(time.thread_time: a system call, too dear to take on every call). The hot path
+only appends (operation and units packed in one float, seconds) to an array per
+thread; at each flush
+the records are aggregated with numpy per (role, operation, unit bucket), where
+the bucket of a call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for
+2-3, 3 for 4-7, ...): count and sums of units, units^2, wall, wall^2, units*wall,
+and the same over the CPU-sampled calls. Per-bucket sums let a fit of fixed +
+per-unit cost use the spread within buckets too. Units are those of OPERATIONS:
+bytes for read/write/sendfile, descriptors in the interest set for poll/select,
+ready events for epoll_wait; for `call` operations units are 1, except `accept`
+that failed with EWOULDBLOCK (0) and `ult_switch`, counted with wall and CPU 0 (a
+gevent wait's own cost cannot be separated from the greenlets that run
+meanwhile; its count is what the models need). The wall time of a call that
+blocks (a waiting poll, a blocking recv or sendfile) includes the waiting; its
+CPU time does not.
 
 Also recorded: the process's user and system CPU (os.times() accounting, read
 with resource.getrusage for microseconds) at start, at each flush and at the end,
@@ -34,7 +37,11 @@ renamed, every FLUSH_EVERY seconds and at exit, so it is never half written):
     op<TAB>ROLE<TAB>NAME<TAB>UNIT<TAB>BUCKET<TAB>COUNT<TAB>UNITS<TAB>UNITS2<TAB>WALL<TAB>WALL2<TAB>UNITS_WALL
       <TAB>CPU_COUNT<TAB>CPU_UNITS<TAB>CPU_UNITS2<TAB>CPU<TAB>CPU2<TAB>UNITS_CPU
 
-Seconds for times, floats written with repr (exact round trip).
+meta wall_bias and cpu_bias: what tracing itself adds to each traced call's wall
+and sampled CPU seconds, measured at start (see measure_bias); subtract them, as
+Trace.cost() does. Seconds for times; counts as integers, sums as floats written with repr (exact
+round trip). Roles: `loop` (event-loop processes), `conn` (threaded), `green`,
+and the pipeline's stages `accept`, `read`, `wselect`, `writer`.
 """
 from __future__ import annotations
 
@@ -43,9 +50,10 @@ import random
 import resource
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 
-from sim.operations import OPERATIONS
+from sim.operations import OPERATION_NAMES, OPERATIONS
 
 FORMAT_VERSION = 1
 CPU_SAMPLE = 0.125
@@ -54,65 +62,136 @@ FLUSH_EVERY = 2.0
 _perf = time.perf_counter
 _tcpu = time.thread_time
 
-# indexes of a statistics row
-_N, _U, _U2, _W, _W2, _UW, _CN, _CU, _CU2, _C, _C2, _UC = range(12)
+# A record packs the operation and its units into one float: code * 2**40 + units (exact for
+# units below 2**40), so a traced call appends two floats. OP gives the packed code.
+_SHIFT = float(2 ** 40)
+OP: dict[str, float] = {name: i * _SHIFT for i, name in enumerate(OPERATION_NAMES)}
+
 _FIELDS = ("count", "units", "units2", "wall", "wall2", "units_wall",
            "cpu_count", "cpu_units", "cpu_units2", "cpu", "cpu2", "units_cpu")
 
 
 class Recorder:
-    """Per-thread aggregation; only its own thread writes to it (no lock on the hot path).
+    """Per-thread raw records, aggregated (vectorised) at each flush.
 
-    Use: `w0 = perf(); c0 = rec.cpu0(); <call>; rec.add(op, units, w0, c0)`.
+    The hot path is `t = rec.start(); <call>; rec.add(OP[name], units, t)`: two
+    float appends per call. `start()` returns the wall clock, negated when this
+    call is CPU-sampled (the thread clock then waits in `c0`; traced calls never
+    nest within a thread). `then()` ends one call and starts the next in one
+    clock reading. Only the owning thread appends; the flusher takes whole records
+    from the front, so no lock is needed.
     """
 
-    __slots__ = ("role", "stats", "_rand", "_p")
+    __slots__ = ("role", "wall", "cpu", "_aw", "_ac", "_rand", "_gap", "_k", "c0")
 
     def __init__(self, role: str, seed: int, p: float):
         self.role = role
-        self.stats: dict[str, dict[int, list]] = {op: {} for op in OPERATIONS}
+        self.wall = array("d")   # packed op+units, wall seconds; 2 per call
+        self.cpu = array("d")    # packed op+units, CPU seconds; 2 per sampled call
+        self._aw = self.wall.append
+        self._ac = self.cpu.append
         self._rand = random.Random(seed).random
-        self._p = p
+        # gaps between sampled calls: uniform on 1..2/p-1 (mean 1/p), random so no
+        # periodic pattern of calls can alias with the sampling
+        self._gap = max(1.0, 2.0 / p - 1.0) if p > 0 else 0.0
+        self._k = self._next()
+        self.c0 = 0.0
 
-    def cpu0(self) -> float:
-        """The thread CPU clock if this call is sampled, else -1."""
-        if self._rand() < self._p:
-            return _tcpu()
-        return -1.0
+    def _next(self) -> int:
+        return 1 + int(self._rand() * self._gap) if self._gap else -1
 
-    def add(self, op: str, units: int, w0: float, c0: float = -1.0) -> None:
-        wall = _perf() - w0
-        if c0 >= 0.0:
-            cpu = _tcpu() - c0
-        d = self.stats[op]
-        b = units.bit_length()
-        s = d.get(b)
-        if s is None:
-            s = d[b] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0, 0.0]
-        s[0] += 1
-        s[1] += units
-        s[2] += units * units
-        s[3] += wall
-        s[4] += wall * wall
-        s[5] += units * wall
-        if c0 >= 0.0:
-            s[6] += 1
-            s[7] += units
-            s[8] += units * units
-            s[9] += cpu
-            s[10] += cpu * cpu
-            s[11] += units * cpu
+    def start(self) -> float:
+        self._k -= 1
+        if self._k:
+            return _perf()
+        self._k = self._next()
+        self.c0 = _tcpu()
+        return -_perf()
 
-    def count(self, op: str, units: int = 1) -> None:
-        """Count a call whose own cost cannot be timed apart (ult_switch)."""
-        d = self.stats[op]
-        b = units.bit_length()
-        s = d.get(b)
-        if s is None:
-            s = d[b] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.0, 0.0]
-        s[0] += 1
-        s[1] += units
-        s[2] += units * units
+    def add(self, op: float, units: int, t: float) -> None:
+        aw = self._aw
+        aw(op + units)
+        if t < 0.0:
+            aw(_perf() + t)
+            ac = self._ac
+            ac(op + units)
+            ac(_tcpu() - self.c0)
+        else:
+            aw(_perf() - t)
+
+    def then(self, op: float, units: int, t: float) -> float:
+        """add() for the call that just ended, and the start of the next, sampled alike."""
+        aw = self._aw
+        aw(op + units)
+        now = _perf()
+        if t < 0.0:
+            aw(now + t)
+            c = _tcpu()
+            ac = self._ac
+            ac(op + units)
+            ac(c - self.c0)
+            self.c0 = c
+            return -now
+        aw(now - t)
+        return now
+
+    def count(self, op: float, units: int = 1) -> None:
+        """Count a call whose own cost cannot be timed apart (ult_switch): wall 0."""
+        aw = self._aw
+        aw(op + units)
+        aw(0.0)
+
+    def take(self) -> tuple[array, array]:
+        """The complete records so far, removed from the buffers (called by the flusher)."""
+        out = []
+        for buf in (self.wall, self.cpu):
+            end = len(buf) // 2 * 2
+            chunk = buf[:end]
+            del buf[:end]
+            out.append(chunk)
+        return out[0], out[1]
+
+
+def _aggregate(records: array, into: dict, role: str, offset: int) -> None:
+    """Add (packed op+units, seconds) pairs to into[(role, op, bucket)][offset:offset+6]."""
+    if not records:
+        return
+    import numpy as np
+    r = np.frombuffer(records, dtype=np.float64).reshape(-1, 2)
+    op = np.floor(r[:, 0] / _SHIFT)
+    u = r[:, 0] - op * _SHIFT
+    op = op.astype(np.int64)
+    x = r[:, 1]
+    bucket = np.frexp(u)[1].astype(np.int64)      # == int(u).bit_length() for u >= 0
+    keys, inv = np.unique(op * 256 + bucket, return_inverse=True)
+    sums = [np.bincount(inv, minlength=len(keys)).astype(np.float64)]
+    for w in (u, u * u, x, x * x, u * x):
+        sums.append(np.bincount(inv, weights=w, minlength=len(keys)))
+    for j, key in enumerate(keys.tolist()):
+        k = (role, OPERATION_NAMES[key // 256], key % 256)
+        acc = into.get(k)
+        if acc is None:
+            acc = into[k] = [0.0] * 12
+        for i in range(6):
+            acc[offset + i] += float(sums[i][j])
+
+
+def measure_bias(n: int = 2000) -> tuple[float, float]:
+    """Mean wall and CPU seconds that tracing itself adds to one traced call: the median of
+    five batches of empty calls, all CPU-sampled. A sampled CPU interval contains about
+    one thread_time() system call, comparable to a cheap traced call, so calibration
+    should subtract these (meta wall_bias and cpu_bias of the file)."""
+    walls, cpus = [], []
+    for _ in range(5):
+        rec = Recorder("bias", 1, 1.0)
+        for _ in range(n // 5):
+            t = rec.start()
+            rec.add(0.0, 0, t)
+        w = rec.wall[1::2]
+        c = rec.cpu[1::2]
+        walls.append(sum(w) / len(w))
+        cpus.append(sum(c) / len(c))
+    return sorted(walls)[2], sorted(cpus)[2]
 
 
 def perf() -> float:
@@ -128,9 +207,12 @@ class Tracer:
         self.path = f"{prefix}.{self.pid}.trace"
         self.arch = arch
         self.cpu_sample = cpu_sample
+        import numpy  # noqa: F401  (imported now, not at the first flush inside a measurement)
         self.recorders: list[Recorder] = []
+        self.totals: dict[tuple[str, str, int], list] = {}
         self.lock = threading.Lock()
         self.started = time.time()
+        self.wall_bias, self.cpu_bias = measure_bias()
         self.t_start = self._times()
         self.flush_every = flush_every
         self.next_flush = time.monotonic() + flush_every
@@ -171,37 +253,25 @@ class Tracer:
             self.flush()
 
     def _merged(self) -> dict[tuple[str, str, int], list]:
-        out: dict[tuple[str, str, int], list] = {}
+        """Fold the records taken since the last flush into the running totals."""
         with self.lock:
             recs = list(self.recorders)
-        for rec in recs:
-            for op, buckets in rec.stats.items():
-                for _ in range(5):     # another thread may add a bucket while we copy
-                    try:
-                        items = [(b, list(s)) for b, s in buckets.items()]
-                        break
-                    except RuntimeError:
-                        continue
-                else:
-                    items = []
-                for b, s in items:
-                    key = (rec.role, op, b)
-                    acc = out.get(key)
-                    if acc is None:
-                        out[key] = s
-                    else:
-                        for i in range(12):
-                            acc[i] += s[i]
-        return out
+            for rec in recs:
+                wall, cpu = rec.take()
+                _aggregate(wall, self.totals, rec.role, 0)
+                _aggregate(cpu, self.totals, rec.role, 6)
+            return {k: list(v) for k, v in self.totals.items()}
 
     def flush(self, end: bool = False) -> None:
         lines = [f"websim-trace\t{FORMAT_VERSION}",
                  f"meta\tpid\t{self.pid}", f"meta\tarch\t{self.arch}",
-                 f"meta\tcpu_sample\t{self.cpu_sample!r}", f"meta\tstarted\t{self.started!r}"]
+                 f"meta\tcpu_sample\t{self.cpu_sample!r}", f"meta\tstarted\t{self.started!r}",
+                 f"meta\twall_bias\t{self.wall_bias!r}", f"meta\tcpu_bias\t{self.cpu_bias!r}"]
         lines.append("times\tstart\t" + "\t".join(repr(x) for x in self.t_start))
         lines.append(("times\tend\t" if end else "times\tlast\t") + "\t".join(repr(x) for x in self._times()))
         for (role, op, b), s in sorted(self._merged().items()):
-            lines.append("\t".join(["op", role, op, OPERATIONS[op][0], str(b)] + [repr(x) for x in s]))
+            vals = [repr(int(x)) if i in (0, 6) else repr(x) for i, x in enumerate(s)]
+            lines.append("\t".join(["op", role, op, OPERATIONS[op][0], str(b)] + vals))
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
@@ -282,9 +352,23 @@ class Trace:
                 setattr(acc, f, getattr(acc, f) + getattr(s, f))
         return out
 
+    @property
+    def wall_bias(self) -> float:
+        return float(self.meta.get("wall_bias", 0.0))
+
+    @property
+    def cpu_bias(self) -> float:
+        return float(self.meta.get("cpu_bias", 0.0))
+
+    def cost(self, s: OpStats) -> tuple[float, float]:
+        """(wall, CPU) seconds per call of `s` with the tracing overhead taken off."""
+        if s.op == "ult_switch":
+            return 0.0, 0.0
+        return max(0.0, s.mean_wall - self.wall_bias), max(0.0, s.mean_cpu - self.cpu_bias)
+
     def traced_cpu(self) -> float:
-        """Estimated CPU seconds inside traced calls (sampled mean per call x count)."""
-        return sum(s.mean_cpu * s.count for s in self.ops)
+        """Estimated CPU seconds inside traced calls (bias-corrected sampled mean x count)."""
+        return sum(self.cost(s)[1] * s.count for s in self.ops)
 
 
 def read_trace(path: str) -> Trace:

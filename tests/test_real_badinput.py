@@ -161,11 +161,16 @@ def test_slow_client_is_cut_off(srv):
                 break
     except (BrokenPipeError, ConnectionResetError):
         pass
-    finally:
-        elapsed = time.monotonic() - t0
-        c.close()
+    elapsed = time.monotonic() - t0
+    try:
+        c.settimeout(1.0)
+        while got.count(b"\n") < 6 and (chunk := c.recv(4096)):
+            got += chunk
+    except OSError:
+        pass
+    c.close()
     assert elapsed < 3.5, f"{srv.arch}: trickling client kept for {elapsed:.1f} s"
-    assert got == b"" or got.startswith(b"HTTP/1.1 408"), got[:40]
+    assert got.startswith(b"HTTP/1.1 408"), got[:40]
     # an idle keep-alive connection is closed after the idle timeout
     with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as c:
         t0 = time.monotonic()

@@ -21,11 +21,20 @@ import time
 from dataclasses import dataclass
 
 from .. import http
-from ..trace import Recorder, Tracer
+from ..trace import OP, Recorder, Tracer
 
 _perf = time.perf_counter
 RECV_SIZE = 16384
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+OP_ACCEPT = OP['accept']
+OP_CLOSE = OP['close']
+OP_OPEN = OP['open']
+OP_PARSE = OP['parse']
+OP_READ = OP['read']
+OP_SENDFILE = OP['sendfile']
+OP_STAT = OP['stat']
+OP_WRITE = OP['write']
 
 
 @dataclass
@@ -112,15 +121,14 @@ def traced_accept(lsock: socket.socket, rec: Recorder | None):
     """accept() once; raises BlockingIOError when the queue is empty."""
     if rec is None:
         return lsock.accept()[0]
-    w0 = _perf()
-    c0 = rec.cpu0()
+    t = rec.start()
     ok = 0
     try:
         s = lsock.accept()[0]
         ok = 1
         return s
     finally:
-        rec.add("accept", ok, w0, c0)
+        rec.add(OP_ACCEPT, ok, t)
 
 
 class Conn:
@@ -150,13 +158,12 @@ class Conn:
         if rec is None:
             data = self.sock.recv(RECV_SIZE)
         else:
-            w0 = _perf()
-            c0 = rec.cpu0()
+            t = rec.start()
             data = b""
             try:
                 data = self.sock.recv(RECV_SIZE)
             finally:
-                rec.add("read", len(data), w0, c0)
+                rec.add(OP_READ, len(data), t)
         if data:
             if not self.started:
                 self.started = now
@@ -167,6 +174,9 @@ class Conn:
     def next_reply(self) -> http.Reply | None:
         """Parse the next buffered request and build its reply (also kept in self.reply);
         None when no complete request is buffered."""
+        if not self.parser.buf:
+            self.started = 0.0
+            return None
         rec = self.rec
         if rec is None:
             try:
@@ -182,25 +192,22 @@ class Conn:
                     return None
                 self.reply = http.lookup_reply(self.cache, req)[0]
         else:
-            w0 = _perf()
-            c0 = rec.cpu0()
+            t = rec.start()
             try:
                 req = self.parser.next_request()
             except http.HttpError as err:
                 req = None
                 self.reply = http.error_reply(err)
                 self.drain = err.close
-                rec.add("parse", 1, w0, c0)
+                rec.add(OP_PARSE, 1, t)
             else:
                 if req is None:     # incomplete: not a parse, just a look at the buffer
                     if not self.parser.started:
                         self.started = 0.0
                     return None
-                rec.add("parse", 1, w0, c0)
-                w0 = _perf()
-                c0 = rec.cpu0()
+                t = rec.then(OP_PARSE, 1, t)
                 self.reply, hit = http.lookup_reply(self.cache, req)
-                rec.add("stat" if hit else "open", 1, w0, c0)
+                rec.add(OP_STAT if hit else OP_OPEN, 1, t)
         self.started = 0.0
         if self.parser.started:      # a pipelined request already began
             self.started = self.last
@@ -218,13 +225,12 @@ class Conn:
                 if rec is None:
                     n = self.sock.send(r.head, flags)
                 else:
-                    w0 = _perf()
-                    c0 = rec.cpu0()
+                    t = rec.start()
                     n = 0
                     try:
                         n = self.sock.send(r.head, flags)
                     finally:
-                        rec.add("write", n, w0, c0)
+                        rec.add(OP_WRITE, n, t)
                 r.head = r.head[n:]
                 self.last = now
                 if r.head:
@@ -234,13 +240,12 @@ class Conn:
                 if rec is None:
                     n = os.sendfile(fd, r.entry.fd, r.offset, r.length)
                 else:
-                    w0 = _perf()
-                    c0 = rec.cpu0()
+                    t = rec.start()
                     n = 0
                     try:
                         n = os.sendfile(fd, r.entry.fd, r.offset, r.length)
                     finally:
-                        rec.add("sendfile", n, w0, c0)
+                        rec.add(OP_SENDFILE, n, t)
                 if n == 0:
                     raise ConnectionAbortedError("file shorter than its cached size")
                 r.offset += n
@@ -299,12 +304,11 @@ class Conn:
         if rec is None:
             self.sock.close()
         else:
-            w0 = _perf()
-            c0 = rec.cpu0()
+            t = rec.start()
             try:
                 self.sock.close()
             finally:
-                rec.add("close", 1, w0, c0)
+                rec.add(OP_CLOSE, 1, t)
 
 
 def log(msg: str) -> None:

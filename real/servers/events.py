@@ -11,7 +11,7 @@ from __future__ import annotations
 import select
 import time
 
-from ..trace import Recorder
+from ..trace import OP, Recorder
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -21,6 +21,11 @@ _perf = time.perf_counter
 
 # select.select refuses descriptors >= FD_SETSIZE
 FD_SETSIZE = 1024
+
+OP_EPOLL_CTL = OP['epoll_ctl']
+OP_EPOLL_WAIT = OP['epoll_wait']
+OP_POLL = OP['poll']
+OP_SELECT = OP['select']
 
 
 class EpollSet:
@@ -36,12 +41,11 @@ class EpollSet:
         if rec is None:
             fn(*args)
             return
-        w0 = _perf()
-        c0 = rec.cpu0()
+        t = rec.start()
         try:
             fn(*args)
         finally:
-            rec.add("epoll_ctl", 1, w0, c0)
+            rec.add(OP_EPOLL_CTL, 1, t)
 
     def register(self, fd: int, mask: int) -> None:
         self._ctl(self.ep.register, fd, mask)
@@ -58,13 +62,12 @@ class EpollSet:
         rec = self.rec
         if rec is None:
             return self.ep.poll(timeout)
-        w0 = _perf()
-        c0 = rec.cpu0()
+        t = rec.start()
         ev = []
         try:
             ev = self.ep.poll(timeout)
         finally:
-            rec.add("epoll_wait", len(ev), w0, c0)
+            rec.add(OP_EPOLL_WAIT, len(ev), t)
         return ev
 
     def close(self) -> None:
@@ -95,12 +98,11 @@ class PollSet:
         rec = self.rec
         if rec is None:
             return self.p.poll(ms)
-        w0 = _perf()
-        c0 = rec.cpu0()
+        t = rec.start()
         try:
             return self.p.poll(ms)
         finally:
-            rec.add("poll", self.n, w0, c0)
+            rec.add(OP_POLL, self.n, t)
 
     def close(self) -> None:
         pass
@@ -138,13 +140,12 @@ class SelectSet:
         if rec is None:
             rr, ww, _ = select.select(r, w, [], timeout)
         else:
-            w0 = _perf()
-            c0 = rec.cpu0()
+            t = rec.start()
             rr = ww = ()
             try:
                 rr, ww, _ = select.select(r, w, [], timeout)
             finally:
-                rec.add("select", len(r) + len(w), w0, c0)
+                rec.add(OP_SELECT, len(r) + len(w), t)
         if not ww:
             return [(fd, IN) for fd in rr]
         out: dict[int, int] = {fd: IN for fd in rr}

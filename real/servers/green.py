@@ -14,7 +14,10 @@ import errno
 import signal
 import time
 
+from ..trace import OP
 from .base import Config, Conn, Context, announce, log, make_listener, traced_accept
+
+OP_ULT_SWITCH = OP['ult_switch']
 
 
 def run(cfg: Config) -> int:
@@ -41,7 +44,7 @@ def run(cfg: Config) -> int:
 
     def wait(fn, fd: int, timeout: float) -> None:
         if rec is not None:
-            rec.count("ult_switch")
+            rec.count(OP_ULT_SWITCH)
         fn(fd, timeout=max(0.0, timeout), timeout_exc=Expired())
 
     def handle(s) -> None:
@@ -92,7 +95,7 @@ def run(cfg: Config) -> int:
                 s = traced_accept(lsock, rec)
             except BlockingIOError:
                 if rec is not None:
-                    rec.count("ult_switch")
+                    rec.count(OP_ULT_SWITCH)
                 wait_read(lfd)
                 continue
             except OSError as e:

@@ -22,10 +22,13 @@ import threading
 import time
 
 from . import events
+from ..trace import OP
 from .base import Config, Conn, Context, Stopper, announce, log, make_listener, traced_accept
 from .events import IN, OUT
 
 _perf = time.perf_counter
+
+OP_HANDOFF = OP['handoff']
 
 
 class Stage:
@@ -45,11 +48,10 @@ class Stage:
             self.inbox.append(c)
             os.eventfd_write(self.wake, 1)
             return
-        w0 = _perf()
-        c0 = rec.cpu0()
+        t = rec.start()
         self.inbox.append(c)
         os.eventfd_write(self.wake, 1)
-        rec.add("handoff", 1, w0, c0)
+        rec.add(OP_HANDOFF, 1, t)
 
     def drain(self) -> list[Conn]:
         try:
@@ -108,10 +110,9 @@ def run(cfg: Config) -> int:
         if rec is None:
             work.put(c)
             return
-        w0 = _perf()
-        c0 = rec.cpu0()
+        t = rec.start()
         work.put(c)
-        rec.add("handoff", 1, w0, c0)
+        rec.add(OP_HANDOFF, 1, t)
 
     def accept_stage() -> None:
         rec = ctx.recorder("accept")
