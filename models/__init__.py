@@ -13,6 +13,7 @@ import importlib
 ARCHITECTURES: dict[str, str] = {
     "sped": "models.sped",
     "symped": "models.symped",
+    "knot": "models.knot",
 }
 
 
