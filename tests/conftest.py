@@ -101,8 +101,10 @@ def start_server(arch: str, root: str, *extra: str) -> Server:
                 break
             line += ch
     if not line.startswith(b"listening on "):
+        proc.kill()
+        err = proc.stderr.read()
         stop_server(proc)
-        raise RuntimeError(f"{arch} did not start: {line!r} {proc.stderr.read()!r}")
+        raise RuntimeError(f"{arch} did not start: {line!r} {err!r}")
     words = line.decode().split()
     port = int(words[2].rsplit(":", 1)[1])
     return Server(proc, port, int(words[4]))

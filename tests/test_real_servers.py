@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import threading
 
@@ -32,10 +33,18 @@ def fetch_all(port: int, paths: list[str], out: list, errors: list) -> None:
         errors.append(f"{type(e).__name__}: {e}")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_serves_identical_bytes_under_concurrent_load(arch, docroot, server_factory):
+# every architecture with its defaults, and the other readiness mechanisms where they apply
+SETUPS = [(a, ()) for a in ARCHS] + [
+    ("sped", ("--event", "poll")), ("sped", ("--event", "select", "--max-conns", "200", "--accept-limit", "1")),
+    ("symped", ("--event", "select", "--processes", "3", "--max-conns", "300")), ("blocking", ("--event", "poll")),
+    ("pipeline", ("--event", "select", "--max-conns", "200", "--writers", "1")), ("pipeline", ("--event", "poll")),
+]
+
+
+@pytest.mark.parametrize("arch,flags", SETUPS, ids=[" ".join((a,) + f) for a, f in SETUPS])
+def test_serves_identical_bytes_under_concurrent_load(arch, flags, docroot, server_factory):
     root, files = docroot
-    srv = server_factory(arch, root, "--cache-entries", str(CACHE))
+    srv = server_factory(arch, root, "--cache-entries", str(CACHE), *flags)
     assert get(srv.port, "/small.txt")[0] == 200     # every lazily made descriptor exists now
     base = settle_fds(srv, 1 if arch not in ("symped", "blocking") else len(srv.pids()) - 1)
     paths = sorted(files)
@@ -103,3 +112,37 @@ def test_trace_records_the_operations(arch, docroot, server_factory, tmp_path):
         assert ops.get(wait, 0) > 0
     if arch == "pipeline":
         assert ops["handoff"] >= 8
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["nosuch", "--root", "."], "invalid choice"),
+    (["sped"], "--root"),
+    (["sped", "--root", "/nonexistent/dir"], "not a directory"),
+    (["sped", "--root", ".", "--port", "70000"], "0..65535"),
+    (["sped", "--root", ".", "--max-conns", "0"], "at least 1"),
+    (["sped", "--root", ".", "--max-conns", "many"], "not an integer"),
+    (["sped", "--root", ".", "--processes", "2"], "does not apply"),
+    (["sped", "--root", ".", "--event", "kqueue"], "invalid choice"),
+    (["sped", "--root", ".", "--idle-timeout", "-1"], "between"),
+    (["sped", "--root", ".", "--event", "select", "--max-conns", "5000"], "descriptors below 1024"),
+    (["threaded", "--root", ".", "--threads", "4", "--max-conns", "8"], "same limit"),
+    (["pipeline", "--root", ".", "--writers", "x"], "not an integer"),
+    (["symped", "--root", ".", "--writers", "3"], "does not apply"),
+    (["green", "--root", ".", "--trace", "/nonexistent/dir/t"], "does not exist"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, fragment, capsys):
+    from real.serve import main
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and fragment in err, err
+
+
+def test_sigint_stops_workers_too(docroot, server_factory):
+    root, _ = docroot
+    srv = server_factory("blocking", root, "--processes", "3")
+    workers = srv.pids()[1:]
+    assert len(workers) == 3 and get(srv.port, "/small.txt")[0] == 200
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(10) == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -1,0 +1,121 @@
+"""The simulator against textbook queues, where it reduces to one.
+
+A Poisson stream of single-request connections, every operation free except
+sendfile's per-byte cost, replies carried by an effectively infinite NIC: SPED is
+then a FIFO single server (M/D/1 for one file, M/M/1 for exponential sizes) and
+SYMPED with c processes, c cores and one connection per process is M/M/c. With
+free CPU and a slow NIC, the fluid link is processor sharing (M/G/1-PS). Each
+check asks the textbook value to lie inside the run's 99% confidence interval
+over independent replications.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from sim import analytic
+from sim.engine import simulate
+from sim.operations import OPERATION_NAMES
+from sim.scenario import load_scenario
+
+SERVICE_BYTES = 10_000
+US_PER_BYTE = 0.1          # 10,000 bytes -> 1 ms of CPU
+
+
+def write_profile(tmp_path, sendfile_us_per_byte=US_PER_BYTE):
+    lines = ['[profile]', 'name = "textbook"', '[hardware]', 'memory_mb = 16384', 'kernel_mb = 16',
+             'nics = 1', 'nic_gbps = 1000', 'sndbuf_kb = 65536', 'listen_backlog = 100000',
+             '[footprint]', 'process_kb = 0', 'kernel_thread_kb = 0', 'user_thread_kb = 0', 'connection_kb = 0']
+    for op in OPERATION_NAMES:
+        per_unit = sendfile_us_per_byte if op == "sendfile" else 0
+        lines += [f'[costs.{op}]', 'fixed_us = 0', f'per_unit_us = {per_unit}']
+    (tmp_path / "textbook.toml").write_text("\n".join(lines) + "\n")
+
+
+def scenario(tmp_path, server: str, workload: str, rate: float, hardware: str = "", reps: int = 5,
+             duration: float = 20.0, sendfile_us_per_byte=US_PER_BYTE):
+    write_profile(tmp_path, sendfile_us_per_byte)
+    text = f"""
+[scenario]
+name = "textbook"
+profile = "textbook.toml"
+[hardware]
+{hardware}
+[workload]
+fileset = "synthetic"
+{workload}
+header_bytes = 0
+session_requests_min = 1
+session_requests_max = 1
+burst_requests_min = 1
+burst_requests_max = 1
+timeout_s = 1000
+[run]
+rates = [{rate}]
+warmup_s = 2
+duration_s = {duration}
+replications = {reps}
+max_replications = {reps}
+seed = 11
+[[server]]
+label = "s"
+{server}
+"""
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return load_scenario(path)
+
+
+def response_ci(sc, q=0.99):
+    """Mean response time (s) over replications, and its q confidence half-width."""
+    means = np.array([simulate(sc, sc.servers[0], sc.run.rates[0], r)["response_ms_mean"] / 1e3
+                      for r in range(sc.run.replications)])
+    half = st.t.ppf(0.5 + q / 2, len(means) - 1) * means.std(ddof=1) / math.sqrt(len(means))
+    return means.mean(), half
+
+
+def test_sped_one_file_is_md1(tmp_path):
+    lam, s = 600.0, SERVICE_BYTES * US_PER_BYTE / 1e6
+    sc = scenario(tmp_path, 'architecture = "sped"', f"files = 1\nmean_bytes = {SERVICE_BYTES}", lam)
+    mean, half = response_ci(sc)
+    expect = analytic.md1(lam, s).mean_response
+    assert abs(mean - expect) <= half, (mean, expect, half)
+    # and M/D/1 is told apart from M/M/1 at this load
+    assert abs(analytic.mm1(lam, 1 / s).mean_response - expect) > 3 * half
+
+
+def test_sped_exponential_sizes_is_mm1(tmp_path):
+    lam = 600.0
+    sc = scenario(tmp_path, 'architecture = "sped"',
+                  f'files = 20000\nmean_bytes = {SERVICE_BYTES}\nsize_distribution = "exponential"', lam)
+    s = sc.workload.fileset.sizes.mean() * US_PER_BYTE / 1e6
+    mean, half = response_ci(sc)
+    expect = analytic.mm1(lam, 1 / s).mean_response
+    assert abs(mean - expect) <= half, (mean, expect, half)
+
+
+def test_symped_on_c_cores_is_mmc(tmp_path):
+    lam, c = 1400.0, 2
+    sc = scenario(tmp_path, f'architecture = "symped"\nprocesses = {c}\nmax_conns = {c}',
+                  f'files = 20000\nmean_bytes = {SERVICE_BYTES}\nsize_distribution = "exponential"', lam,
+                  hardware=f"cores = {c}")
+    s = sc.workload.fileset.sizes.mean() * US_PER_BYTE / 1e6
+    mean, half = response_ci(sc)
+    expect = analytic.mmc(lam, 1 / s, c).mean_response
+    assert abs(mean - expect) <= half, (mean, expect, half)
+    # and M/M/c is told apart from one server twice as fast
+    assert abs(analytic.mm1(lam, 2 / s).mean_response - expect) > half
+
+
+def test_fluid_nic_is_processor_sharing(tmp_path):
+    """Equal-size replies on a slow link: PS gives S/(1-rho), FIFO would give M/D/1's smaller mean."""
+    lam, rate_bytes = 750.0, 0.1e9 / 8
+    sc = scenario(tmp_path, 'architecture = "sped"', f"files = 1\nmean_bytes = {SERVICE_BYTES}", lam,
+                  hardware="nic_gbps = 0.1", sendfile_us_per_byte=0)
+    mean, half = response_ci(sc)
+    expect = analytic.fluid_link(lam, SERVICE_BYTES, rate_bytes).mean_response
+    assert abs(mean - expect) <= half, (mean, expect, half)
+    assert abs(analytic.md1(lam, SERVICE_BYTES / rate_bytes).mean_response - expect) > 3 * half
