@@ -169,7 +169,7 @@ class DaskExecutor:
     def open(self, scenarios):
         self._drop()
         self._remote = self.client.scatter(list(scenarios), broadcast=True, hash=False)
-        self._ac = self._as_completed()
+        self._ac = self._as_completed(loop=self.client.loop)
 
     def submit(self, task: Task):
         f = self.client.submit(_dask_run, self._remote[task.point], task, pure=False)
