@@ -14,6 +14,7 @@ ARCHITECTURES: dict[str, str] = {
     "sped": "models.sped",
     "symped": "models.symped",
     "knot": "models.knot",
+    "watpipe": "models.watpipe",
 }
 
 
