@@ -15,6 +15,7 @@ ARCHITECTURES: dict[str, str] = {
     "symped": "models.symped",
     "knot": "models.knot",
     "watpipe": "models.watpipe",
+    "threaded": "models.threaded",
 }
 
 
