@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "serve": ("real.serve", "start a live server of one architecture"),
     "fileset": ("real.fileset", "generate the SPECweb99-style file set on disk"),
     "load": ("real.httperf", "drive a live server with httperf at a set of offered rates"),
+    "capacity": ("sim.capacity", "smallest cores/NICs/memory/... meeting throughput and response targets"),
 }
 
 

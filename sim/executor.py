@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 from collections import deque
 from typing import NamedTuple
 
@@ -157,10 +158,16 @@ class DaskExecutor:
         except ImportError:
             raise ExecutorError("the dask executor needs dask[distributed]: pip install 'dask[distributed]'") from None
         self._as_completed = as_completed
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        try:  # fail fast, in one line, when nothing listens there
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except OSError as e:
+            raise ExecutorError(f"cannot reach the Dask scheduler at {address}: {e.strerror or e}") from None
         try:
             self.client = Client(address, timeout=timeout_s, set_as_default=False)
-        except (OSError, TimeoutError) as e:
-            raise ExecutorError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - whatever Dask raises, the user gets one line
+            raise ExecutorError(f"cannot connect to a Dask scheduler at {address}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         self.address = address
         self._remote: list = []
         self._ac = None
