@@ -16,6 +16,7 @@ ARCHITECTURES: dict[str, str] = {
     "knot": "models.knot",
     "watpipe": "models.watpipe",
     "threaded": "models.threaded",
+    "seda": "models.seda",
 }
 
 

@@ -58,6 +58,29 @@ class Knobs:
                               choices=("knot-c", "knot-a"))
 
 
+def warm_application_cache(server, capacity: float):
+    """Both caches as a long-running server with its own file cache has them: the best files
+    (most requests per byte) in the application cache, and the next best in the page cache,
+    which only sees the application cache's misses and so forgets the files that hit.
+    Returns the application cache (an LRU of file -> bytes) and the bytes it holds."""
+    fs = server.clients.w.fileset
+    sizes, header = fs.sizes, server.header_bytes
+    order = np.argsort(-fs.probabilities / sizes, kind="stable")
+    chosen, rest, used = [], [], 0.0
+    for f in order:
+        b = float(sizes[f]) + header
+        if used + b <= capacity:
+            chosen.append((int(f), b))
+            used += b
+        else:
+            rest.append(f)
+    page = server.cache
+    page.lru.clear()
+    page.used = 0.0
+    page.warm(rest, sizes)
+    return OrderedDict(reversed(chosen)), used
+
+
 class Knot:
     """The Capriccio scheduler (one kernel thread), its worker pool and Knot's cache."""
 
@@ -96,28 +119,6 @@ class Knot:
             _f, b = self.app_cache.popitem(last=False)
             self.app_used -= b
 
-    def warm(self) -> None:
-        """Fill both caches as a long-running knot-c has them: the best files (most requests per
-        byte) in the application cache, and the next best in the page cache, since the page
-        cache only sees the application cache's misses and forgets the files that hit."""
-        server = self.server
-        fs = server.clients.w.fileset
-        sizes, header = fs.sizes, server.header_bytes
-        order = np.argsort(-fs.probabilities / sizes, kind="stable")
-        chosen, rest = [], []
-        for f in order:
-            b = float(sizes[f]) + header
-            if self.app_used + b <= self.app_capacity:
-                chosen.append((int(f), b))
-                self.app_used += b
-            else:
-                rest.append(f)
-        self.app_cache = OrderedDict(reversed(chosen))
-        page = server.cache
-        page.lru.clear()
-        page.used = 0.0
-        page.warm(rest, sizes)
-
     # -- hand-offs ---------------------------------------------------------------------------------
     def suspend(self, conn) -> None:
         """The thread has called into a worker: its descriptor leaves the poll set."""
@@ -154,7 +155,7 @@ class Knot:
         request_cpu = c.ult_switch + c.read + c.parse
         runq = self.runq
         if self.app_capacity:
-            self.warm()
+            self.app_cache, self.app_used = warm_application_cache(server, self.app_capacity)
         while True:
             if not runq and not cap.ready and not server.can_accept(cap):
                 yield cap.wait()          # poll blocks: no thread can run
