@@ -9,7 +9,10 @@ A sweep is declared in the scenario,
 or on the command line, `--sweep hardware.cores=1,2,4,8` (repeatable; `1..16`
 is every integer from 1 to 16). A key is any key `--set` accepts
 (`SECTION.KEY`, `server[N].KEY`, `server.LABEL.KEY`) or `server.*.KEY`, which
-sets KEY on every server whose architecture has it. The points are the cross
+sets KEY on every server whose architecture has it. Keys joined by commas move
+together (a zipped sweep: `"hardware.disk_seek_ms,hardware.disk_mb_s" =
+[[7.5, 100], [0.1, 400]]`, or `--sweep KEY1,KEY2=7.5:100,0.1:400`), for
+variants such as a disk against an SSD. The points are the cross
 product, in the order the keys are declared (the file's, then the command
 line's; a key given in both takes the command line's values). Every point is
 loaded and checked before anything runs, so a bad value fails at once, naming
@@ -79,8 +82,25 @@ def parse_cli_sweeps(items: list[str], where: str) -> dict[str, list]:
         if not sep or not key:
             raise ScenarioError(where, None, f"--sweep {item!r}", "expected KEY=V1,V2,... or KEY=LO..HI",
                                 "for example --sweep hardware.cores=1,2,4,8")
-        out[key] = parse_values(key, values, where)
+        if "," in key:
+            n = len(_subkeys(key))
+            rows = []
+            for group in (g for g in values.split(",") if g.strip()):
+                parts = [literal(x) for x in group.split(":")]
+                if len(parts) != n:
+                    raise ScenarioError(where, None, f"--sweep {key}", f"{group.strip()!r} has {len(parts)} values "
+                                        f"for {n} keys", "one value per key, joined by ':' (V1:V2,V1:V2)")
+                rows.append(parts)
+            if not rows:
+                raise ScenarioError(where, None, f"--sweep {key}", "no values", "KEY1,KEY2=V1:V2,V1:V2")
+            out[key] = _check_values(where, None, f"--sweep {key}", rows)
+        else:
+            out[key] = parse_values(key, values, where)
     return out
+
+
+def _subkeys(key: str) -> list[str]:
+    return [k.strip() for k in key.split(",")]
 
 
 def _check_values(path, line, shown: str, values) -> list:
@@ -88,8 +108,14 @@ def _check_values(path, line, shown: str, values) -> list:
         raise ScenarioError(path, line, shown, "is not a non-empty list of values",
                             "an array such as [1, 2, 4, 8]")
     seen = []
+    width = len(_subkeys(shown.split(" ", 1)[-1].removeprefix("sweep.")))
     for v in values:
-        if isinstance(v, (dict, list)):
+        if width > 1:
+            if not isinstance(v, (list, tuple)) or len(v) != width or any(isinstance(x, (dict, list)) for x in v):
+                raise ScenarioError(path, line, shown, f"{v!r} is not a list of {width} plain values",
+                                    f"a list of [{', '.join(['value'] * width)}] lists, one value per key")
+            v = list(v)
+        elif isinstance(v, (dict, list)):
             raise ScenarioError(path, line, shown, f"{v!r} is not a plain value", "numbers, strings or booleans")
         if any(type(v) is type(w) and v == w for w in seen):
             raise ScenarioError(path, line, shown, f"{v!r} is listed twice", "each value once")
@@ -161,7 +187,10 @@ def expand(path, *, seed=None, overrides=None, cli_sweeps=None) -> list[Point]:
     sweeps = file_sweeps(path)
     for key, values in (cli_sweeps or {}).items():
         sweeps[key] = values
-    for key in sweeps:
+    swept = [k for joined in sweeps for k in _subkeys(joined)]
+    for i, key in enumerate(swept):
+        if key in swept[:i]:
+            raise ScenarioError(path, None, f"sweep {key}", "is swept twice", "each key in one sweep entry")
         if key in overrides:
             raise ScenarioError(path, None, f"sweep {key}", "is both set (--set) and swept",
                                 "either --set KEY=VALUE or a sweep of KEY")
@@ -174,7 +203,12 @@ def expand(path, *, seed=None, overrides=None, cli_sweeps=None) -> list[Point]:
     keys = list(sweeps)
     points = []
     for combo in itertools.product(*(sweeps[k] for k in keys)):
-        params = dict(zip(keys, combo))
+        params = {}
+        for k, v in zip(keys, combo):
+            if "," in k:
+                params.update(zip(_subkeys(k), v))
+            else:
+                params[k] = v
         ov = dict(overrides)
         for k, v in params.items():
             ov.update(_expand_key(path, k, v, servers))
