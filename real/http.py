@@ -83,12 +83,11 @@ _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 class HttpError(Exception):
     """A request that is answered with an error status; `close` ends the connection after it."""
 
-    def __init__(self, status: int, why: str = "", close: bool = False, head_only: bool = False):
+    def __init__(self, status: int, why: str = "", close: bool = False):
         super().__init__(f"{status} {why}".strip())
         self.status = status
         self.why = why
         self.close = close
-        self.head_only = head_only
 
 
 @dataclass(slots=True)

@@ -113,12 +113,17 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
                 return
             k += 1
             if blocking:
-                set_timeouts(s, None, idle)
+                set_timeouts(s, cfg.tick, idle)   # a recv never blocks for long, even if woken wrongly
             else:
                 s.setblocking(False)
             c = Conn(s, cache, rec, now)
+            try:
+                ev.register(c.fd, IN)
+            except (OSError, ValueError) as e:      # e.g. select's FD_SETSIZE
+                log(f"cannot watch a new connection: {e}")
+                c.close()
+                continue
             conns[c.fd] = c
-            ev.register(c.fd, IN)
 
     ev.register(lfd, IN)
     next_sweep = clock() + tick
@@ -144,6 +149,10 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
                 except BlockingIOError:
                     pass
                 except OSError:
+                    if not c.closed:
+                        drop(c)
+                except Exception as e:          # a bug must cost one connection, not the server
+                    log(f"connection dropped: {e!r}")
                     if not c.closed:
                         drop(c)
             if now >= next_sweep:

@@ -80,6 +80,8 @@ def run(cfg: Config) -> int:
                     return
         except (OSError, Expired):
             pass
+        except Exception as e:
+            log(f"connection dropped: {e!r}")
         finally:
             c.close()
             live["n"] -= 1

@@ -156,10 +156,12 @@ def run(cfg: Config) -> int:
                             if c.next_reply() is not None:
                                 to_writers(c, rec)
                                 continue
-                        except OSError:
+                            reader.add(c)
+                        except Exception as e:
+                            if not isinstance(e, OSError):
+                                log(f"connection dropped: {e!r}")
+                            reader.conns.pop(c.fd, None)
                             finish(c)
-                            continue
-                        reader.add(c)
                     continue
                 c = reader.conns.get(fd)
                 if c is None:
@@ -175,7 +177,9 @@ def run(cfg: Config) -> int:
                         to_writers(c, rec)
                 except BlockingIOError:
                     pass
-                except OSError:
+                except Exception as e:
+                    if not isinstance(e, OSError):
+                        log(f"connection dropped: {e!r}")
                     reader.remove(c)
                     finish(c)
             if now >= next_sweep:
@@ -191,7 +195,12 @@ def run(cfg: Config) -> int:
             for fd, mask in ready:
                 if fd == wselect.wake:
                     for c in wselect.drain():
-                        wselect.add(c)
+                        try:
+                            wselect.add(c)
+                        except (OSError, ValueError) as e:
+                            log(f"cannot watch a connection: {e}")
+                            wselect.conns.pop(c.fd, None)
+                            finish(c)
                     continue
                 c = wselect.conns.get(fd)
                 if c is not None:
@@ -217,7 +226,9 @@ def run(cfg: Config) -> int:
                     finish(c)
                 else:
                     reader.put(c, rec)
-            except OSError:
+            except Exception as e:
+                if not isinstance(e, OSError):
+                    log(f"connection dropped: {e!r}")
                 finish(c)
 
     threads = [threading.Thread(target=accept_stage, name="accept", daemon=True),

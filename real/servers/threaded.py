@@ -41,6 +41,8 @@ def serve_conn(c: Conn, cfg: Config, stop: threading.Event) -> None:
                 return
     except OSError:
         pass
+    except Exception as e:          # a bug must cost one connection, not a thread of the pool
+        log(f"connection dropped: {e!r}")
     finally:
         c.close()
 
