@@ -145,6 +145,34 @@ def core_busy_seconds(core: int) -> float:
     return 0.0
 
 
+def open_server_connections(port: int) -> int:
+    """Server-side TCP connections on `port` not yet closed by the server (ESTABLISHED or CLOSE_WAIT)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
+def settle(port: int, limit_s: float = 20.0) -> float:
+    """Wait (bounded) until the server has closed the connections of the last run; seconds waited.
+
+    httperf, interrupted, closes its sessions all at once; a server still working through them would
+    start the next run behind."""
+    t0 = time.monotonic()
+    time.sleep(0.5)
+    while open_server_connections(port) and time.monotonic() - t0 < limit_s:
+        time.sleep(0.25)
+    return time.monotonic() - t0
+
+
 def one_run(pid, port, workload, rate, duration, seed, warmup_s=5.0) -> dict:
     c0, b0, t0 = cpu_seconds(pid), core_busy_seconds(SERVER_CORE), time.monotonic()
     r = run_httperf("127.0.0.1", port, workload, rate, duration, LOAD_CORE, seed=seed, warmup_s=warmup_s,
@@ -173,36 +201,47 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
             f"resp {r['response_ms_mean']:>7.1f} ms  server cpu {r['server_cpu_pct']:>4.0f}% "
             f"(core {r['server_core_busy_pct']:>3.0f}%)  "
             f"httperf x{r['instances']}  {'ok' if r['sustained'] else 'NOT sustained'}")
-        time.sleep(1.0)  # let the server close the interrupted sessions
+        r["settle_s"] = round(settle(port), 1)
         return r["sustained"]
 
-    stop_reason = ""
-    while time.monotonic() < t_end:
+    notes = []
+
+    def have_time():
+        if time.monotonic() < t_end:
+            return True
+        notes.append("time budget used before the search ended")
+        return False
+
+    # doubling up from the start rate (halving down if the start rate already fails)
+    while have_time():
         try:
             plan_instances(workload, rate)
         except LoadError:
-            stop_reason = f"load generator limit reached at {rate:.0f}/s"
+            notes.append(f"load generator limit at {rate:.0f}/s")
             break
         if attempt(rate):
             good = rate
+            if bad is not None:
+                break
             rate *= 2
         else:
             bad = rate
-            break
+            if good is not None or len(runs) >= 4:
+                break
+            rate /= 2
         if not alive():
-            stop_reason = "server died"
+            notes.append("server died")
             break
     if good is not None and bad is not None:
         for _ in range(bisect_steps):
-            if time.monotonic() >= t_end or not alive():
+            if not alive() or not have_time():
                 break
             mid = (good + bad) / 2
             if attempt(mid):
                 good = mid
             else:
                 bad = mid
-    if time.monotonic() >= t_end and not stop_reason:
-        stop_reason = "time budget used"
+    stop_reason = "; ".join(notes)
     ok = [r for r in runs if r["sustained"]]
     best = max(ok, key=lambda r: r["reply_rps"]) if ok else None
     return {"server": name, "peak_reply_rps": best["reply_rps"] if best else 0.0,
@@ -214,7 +253,7 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
 
 PHASES = {
     # name: (think times kept?, run seconds, warm-up seconds, first rate, first rate in --quick)
-    "study": (True, 10.0, 5.0, 500.0, 1000.0),
+    "study": (True, 10.0, 5.0, 1000.0, 2000.0),
     "capacity": (False, 6.0, 0.0, 2000.0, 4000.0),
 }
 
@@ -228,7 +267,7 @@ def main(argv=None) -> int:
                    help="study (the study's think times) and/or capacity (the same sessions without think "
                         "times, so that one httperf can offer more); default both")
     p.add_argument("--directories", type=int, default=5, help="file-set directories (default 5, 26 MB)")
-    p.add_argument("--budget", type=float, help="seconds for the whole sweep (default 560, quick 300)")
+    p.add_argument("--budget-scale", type=float, help="scale the time cap of each sweep (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write all runs to this JSON file (atomically)")
     args = p.parse_args(argv)
@@ -247,8 +286,8 @@ def main(argv=None) -> int:
             print(f"bench/live.py: error: {tool} not found (make system installs it)", file=sys.stderr)
             return 2
     bisect_steps = 1 if args.quick else 2
-    budget = args.budget or (300.0 if args.quick else 560.0)
-    budget_each = budget / (len(names) * len(phases))
+    # a cap per phase and server, about twice what a sweep normally takes; the sweeps usually end first
+    budget_each = (45.0 if args.quick else 90.0) * (args.budget_scale or 1.0)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
