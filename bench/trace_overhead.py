@@ -7,7 +7,10 @@ spins), each sending its next request when the last reply is in, CALLS requests
 per connection, REQUESTS replies per run, URIs drawn with a fixed seed from a
 small generated file set (200 files, 102 B to 20 KB). Runs alternate off/on (the order flips every round) and the medians of
 ROUNDS runs are compared. Also printed: the server's CPU per reply (from
-/proc/PID/stat), which the load generator's own noise does not blur.
+/proc/PID/stat), which the load generator's own noise does not blur, and an
+estimate that other load on the machine cannot move: traced calls per reply (from
+the traces) times the CPU one traced call adds (timed here on core 1), over the
+untraced CPU per reply.
 
     python bench/trace_overhead.py [--arch sped] [--rounds 3] [--clients 16] [--requests 30000] [--calls 50]
 """
@@ -142,7 +145,24 @@ def load(port: int, uris: list[bytes], clients: int, requests: int, calls: int,
     return replies, secs, errors + (requests - replies)
 
 
-def one_run(arch, root, uris, tracing, tmp, args) -> tuple[float, float]:
+def traced_call_cost(n: int = 200_000) -> float:
+    """CPU seconds that tracing adds to one call (start + add, CPU sampled at the default rate)."""
+    from real.trace import CPU_SAMPLE, OP, Recorder
+    rec = Recorder("bench", 1, CPU_SAMPLE)
+    op = OP["read"]
+    best = float("inf")
+    for _ in range(5):
+        del rec.wall[:], rec.cpu[:]
+        c0 = time.thread_time()
+        for _ in range(n // 5):
+            t = rec.start()
+            rec.add(op, 100, t)
+        best = min(best, (time.thread_time() - c0) / (n // 5))
+    return best
+
+
+def one_run(arch, root, uris, tracing, tmp, args) -> tuple[float, float, float]:
+    """(reply rate, server CPU us per reply, traced calls per reply or 0)."""
     prefix = os.path.join(tmp, f"trace{time.monotonic_ns()}") if tracing else None
     proc, port, pid = start(arch, root, prefix)
     try:
@@ -155,7 +175,15 @@ def one_run(arch, root, uris, tracing, tmp, args) -> tuple[float, float]:
         proc.wait(10)
     if errors:
         raise SystemExit(f"trace_overhead: {errors} errors in the load")
-    return replies / secs, (c1 - c0) / replies * 1e6
+    calls = 0.0
+    if tracing:
+        from real.trace import read_trace
+        d = os.path.dirname(prefix)
+        for f in os.listdir(d):
+            if f.startswith(os.path.basename(prefix)) and f.endswith(".trace"):
+                calls += sum(s.count for s in read_trace(os.path.join(d, f)).ops if s.op != "ult_switch")
+        calls /= replies + 400          # the warm-up's 400 replies are in the trace too
+    return replies / secs, (c1 - c0) / replies * 1e6, calls
 
 
 def main(argv=None) -> int:
@@ -177,17 +205,24 @@ def main(argv=None) -> int:
         root = os.path.join(tmp, "root")
         rate = {False: [], True: []}
         cpu = {False: [], True: []}
+        calls: list[float] = []
         for i in range(args.rounds):
             for tracing in ((False, True) if i % 2 == 0 else (True, False)):
-                r, c = one_run(args.arch, root, uris, tracing, tmp, args)
+                r, c, n = one_run(args.arch, root, uris, tracing, tmp, args)
                 rate[tracing].append(r)
                 cpu[tracing].append(c)
+                if tracing:
+                    calls.append(n)
                 print(f"round {i + 1} tracing {'on ' if tracing else 'off'}: {r:8.0f} replies/s, "
                       f"{c:6.1f} us CPU/reply", flush=True)
         off, on = statistics.median(rate[False]), statistics.median(rate[True])
         coff, con = statistics.median(cpu[False]), statistics.median(cpu[True])
         print(f"{args.arch}: median reply rate off {off:.0f}/s, on {on:.0f}/s, on/off = {on / off:.3f}; "
               f"CPU per reply off {coff:.1f} us, on {con:.1f} us, on/off = {con / coff:.3f}")
+        per_call = traced_call_cost()
+        n = statistics.median(calls)
+        print(f"estimate: {n:.2f} traced calls per reply x {per_call * 1e9:.0f} ns each = "
+              f"{n * per_call * 1e6:.2f} us per reply, {n * per_call * 1e6 / coff:.1%} of the untraced CPU per reply")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -8,20 +8,22 @@ What is recorded. Around each traced call the server takes the wall clock
 (time.perf_counter) and, for a pseudo-random sample of calls (probability
 CPU_SAMPLE, fixed seed per thread), the calling thread's CPU clock
 (time.thread_time: a system call, too dear to take on every call). The hot path
-only appends (operation and units packed in one float, seconds) to an array per
-thread; at each flush
-the records are aggregated with numpy per (role, operation, unit bucket), where
-the bucket of a call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for
-2-3, 3 for 4-7, ...): count and sums of units, units^2, wall, wall^2, units*wall,
-and the same over the CPU-sampled calls. Per-bucket sums let a fit of fixed +
-per-unit cost use the spread within buckets too. Units are those of OPERATIONS:
-bytes for read/write/sendfile, descriptors in the interest set for poll/select,
-ready events for epoll_wait; for `call` operations units are 1, except `accept`
-that failed with EWOULDBLOCK (0) and `ult_switch`, counted with wall and CPU 0 (a
-gevent wait's own cost cannot be separated from the greenlets that run
-meanwhile; its count is what the models need). The wall time of a call that
-blocks (a waiting poll, a blocking recv or sendfile) includes the waiting; its
-CPU time does not.
+only appends two floats per call (operation and units packed in one, seconds)
+to an array of its thread; each flush aggregates them with numpy per (role,
+operation, unit bucket), where the bucket of a call with u units is
+u.bit_length() (0 for u = 0, 1 for 1, 2 for 2-3, 3 for 4-7, ...): count and sums
+of units, units^2, wall, wall^2, units*wall, and the same over the CPU-sampled
+calls. Per-bucket sums let a fit of fixed + per-unit cost use the spread within
+buckets too.
+
+Units are those of OPERATIONS: bytes for read/write/sendfile, descriptors in the
+interest set for poll/select, ready events for epoll_wait, 1 for `call`
+operations. A call that fails (EWOULDBLOCK, a reset) is recorded with 0 units,
+so a failed accept is bucket 0. `ult_switch` is counted with wall and CPU 0: a
+gevent wait's own cost cannot be separated from the greenlets that run meanwhile;
+its count is what the models need. The wall time of a call that blocks (a
+waiting poll, a blocking recv or sendfile) includes the waiting; its CPU time
+does not.
 
 Also recorded: the process's user and system CPU (os.times() accounting, read
 with resource.getrusage for microseconds) at start, at each flush and at the end,

@@ -146,3 +146,45 @@ def test_sigint_stops_workers_too(docroot, server_factory):
     assert srv.proc.wait(10) == 0
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_trace_aggregates_exactly(tmp_path):
+    from real.trace import OP, Tracer
+    tr = Tracer(str(tmp_path / "x"), "unit", background=False, cpu_sample=0.5)
+    rec = tr.recorder("loop")
+    for units in (0, 1, 2, 3, 4, 1000, 1500):
+        t = rec.start()
+        rec.add(OP["sendfile"], units, t)
+    tr.flush()                       # a flush in the middle changes nothing
+    rec.count(OP["ult_switch"])
+    tr.close()
+    t = read_trace(tr.path)
+    assert t.complete and t.meta["arch"] == "unit" and float(t.meta["cpu_bias"]) > 0
+    got = {s.bucket: (s.count, s.units, s.units2) for s in t.ops if s.op == "sendfile"}
+    assert got == {0: (1, 0, 0), 1: (1, 1, 1), 2: (2, 5, 13), 3: (1, 4, 16), 10: (1, 1000, 10**6),
+                   11: (1, 1500, 2250000)}
+    total = t.totals()["sendfile"]
+    assert total.count == 7 and 0 < total.cpu_count < 7 and total.wall > 0
+    assert t.totals()["ult_switch"].count == 1
+
+
+def test_cache_evicts_and_closes_descriptors(tmp_path):
+    from real.http import FileCache, HttpError
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"x" * i)
+    cache = FileCache(os.fsencode(str(tmp_path)), max_entries=2)
+    held = cache.insert(b"f0")              # a reply still sending f0
+    fd0 = held.fd
+    for i in range(1, 5):
+        cache.release(cache.insert(b"f%d" % i))
+    assert cache.lookup(b"f0") is None and cache.open_fds == 3   # f0 evicted but still held
+    os.fstat(fd0)                                                # ... and still open
+    cache.release(held)
+    assert cache.open_fds == 2
+    with pytest.raises(OSError):
+        os.fstat(fd0)
+    with pytest.raises(HttpError) as e:
+        cache.insert(b"missing")
+    assert e.value.status == 404 and cache.open_fds == 2
+    cache.close_all()
+    assert cache.open_fds == 0
