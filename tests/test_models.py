@@ -1,0 +1,215 @@
+"""The architecture models beyond the userver: each serves a light load without errors, and each
+obeys the mechanism that sets it apart (a check that fails if the mechanism is missing)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from models import sped
+from sim.engine import build
+from sim.operations import Cost
+from sim.scenario import load_scenario
+
+SMALL = """
+[scenario]
+name = "models-test"
+profile = "study-xeon"
+
+[hardware]
+cores = {cores}
+memory_mb = {memory_mb}
+kernel_mb = 120
+
+[workload]
+directories = {directories}
+
+[run]
+rates = [{rate}]
+warmup_s = 2.0
+duration_s = {duration}
+seed = 3
+"""
+
+
+def scenario(tmp_path, servers: str, *, rate=800, cores=1, memory_mb=2048, directories=68, duration=3.0):
+    text = SMALL.format(rate=rate, cores=cores, memory_mb=memory_mb, directories=directories,
+                        duration=duration) + servers
+    path = tmp_path / f"s{abs(hash(text))}.toml"
+    path.write_text(text)
+    return load_scenario(path)
+
+
+def run(sc, label, rate=None, profile=None):
+    """Run one configuration; return (server, clients, replies/s, error count)."""
+    if profile is not None:
+        sc = dataclasses.replace(sc, profile=profile)
+    spec = next(s for s in sc.servers if s.label == label)
+    env, server, clients, _ = build(sc, spec, rate or sc.run.rates[0], 0)
+    env.run(until=sc.run.warmup_s + sc.run.duration_s)
+    return server, clients, clients.replies / sc.run.duration_s, clients.timeouts + clients.connect_failures
+
+
+LIGHT = """
+[[server]]
+label = "knot-b"
+architecture = "knot"
+variant = "knot-b"
+threads = 5000
+workers = 20
+
+[[server]]
+label = "knot-nb"
+architecture = "knot"
+variant = "knot-nb"
+threads = 5000
+workers = 20
+
+[[server]]
+label = "knot-c"
+architecture = "knot"
+variant = "knot-c"
+threads = 5000
+workers = 20
+cache_mb = 100
+
+[[server]]
+label = "watpipe"
+architecture = "watpipe"
+writers = 5
+
+[[server]]
+label = "seda"
+architecture = "seda"
+
+[[server]]
+label = "threaded"
+architecture = "threaded"
+threads = 0
+
+[[server]]
+label = "threaded-gil"
+architecture = "threaded"
+threads = 0
+gil = true
+"""
+
+
+@pytest.mark.parametrize("label", ["knot-b", "knot-nb", "knot-c", "watpipe", "seda", "threaded", "threaded-gil"])
+def test_light_load_is_served_without_errors(tmp_path, label):
+    sc = scenario(tmp_path, LIGHT)
+    server, clients, rps, errors = run(sc, label)
+    assert errors == 0
+    assert clients.resets_during_send == 0
+    assert 0.85 * 800 < rps < 1.15 * 800, rps
+    assert server.cpu.busy > 0
+
+
+def test_knot_switches_user_threads_and_the_userver_does_not(tmp_path):
+    sc = scenario(tmp_path, LIGHT)
+    for label, lo, hi in (("knot-b", 1.5, 3.0), ("knot-nb", 1.5, 3.5), ("knot-c", 0.8, 3.0)):
+        server, clients, rps, _ = run(sc, label)
+        # switches are counted over warm-up and window alike (the run starts in steady state)
+        total_s = sc.run.warmup_s + sc.run.duration_s
+        per_reply = server.model.resumes / (rps * total_s)
+        assert lo < per_reply < hi, (label, per_reply)     # Table 1: 1.47, 2.35, 2.07 per reply
+    assert "ult_switch" not in sped.OPERATIONS and "handoff" not in sped.OPERATIONS
+
+
+def test_knot_c_cache_shrinks_the_page_cache_and_costs_disk_reads(tmp_path):
+    # 330 MB of files, 400 MB of memory: knot-c's 150 MB cache is taken from the page cache
+    sc = scenario(tmp_path, """
+[[server]]
+label = "knot-b"
+architecture = "knot"
+variant = "knot-b"
+threads = 2000
+workers = 20
+
+[[server]]
+label = "knot-c"
+architecture = "knot"
+variant = "knot-c"
+threads = 2000
+workers = 20
+cache_mb = 150
+""", memory_mb=400, rate=1500)
+    b, _, rps_b, _ = run(sc, "knot-b")
+    kc, _, rps_c, _ = run(sc, "knot-c")
+    assert kc.cache.capacity < b.cache.capacity - 140 * 2**20
+    assert kc.disk.reads > b.disk.reads
+    assert kc.model.app_hits > 0 and kc.model.app_misses > 0
+
+
+def test_watpipe_with_one_writer_saturates_below_twenty_five_on_a_disk_bound_load(tmp_path):
+    # 3.2 GB of files and 650 MB of memory: many sendfiles block on the disk
+    sc = scenario(tmp_path, """
+[[server]]
+label = "w1"
+architecture = "watpipe"
+writers = 1
+
+[[server]]
+label = "w25"
+architecture = "watpipe"
+writers = 25
+""", memory_mb=650, directories=680, rate=12000, duration=2.0)
+    _, _, one, _ = run(sc, "w1")
+    _, _, many, _ = run(sc, "w25")
+    assert one < 0.8 * many, (one, many)
+
+
+def test_gil_keeps_python_bound_threads_to_one_core(tmp_path):
+    sc = scenario(tmp_path, """
+[[server]]
+label = "gil"
+architecture = "threaded"
+threads = 0
+gil = true
+
+[[server]]
+label = "nogil"
+architecture = "threaded"
+threads = 0
+""", rate=5000, duration=2.0, directories=20)
+    # a CPython server: the interpreter's share dominates, the system calls are cheap
+    costs = dict(sc.profile.costs)
+    python = 400e-6
+    costs["parse"] = Cost(python)
+    costs["sendfile"] = Cost(costs["sendfile"].fixed)
+    costs["net_tx"] = Cost()
+    prof = dataclasses.replace(sc.profile, costs=costs)
+    got = {}
+    for cores in (1, 4):
+        s = dataclasses.replace(sc, hardware=dataclasses.replace(sc.hardware, cores=cores))
+        for label in ("gil", "nogil"):
+            got[label, cores] = run(s, label, profile=prof)[2]
+    assert got["gil", 4] <= 1.1 * got["gil", 1], got
+    assert got["gil", 4] <= 1.02 / (python + costs["stat"].fixed), got   # one interpreter at a time
+    assert got["nogil", 4] > 2.0 * got["nogil", 1], got
+
+
+def test_seda_controller_adds_threads_under_load_and_removes_idle_ones(tmp_path):
+    sc = scenario(tmp_path, """
+[[server]]
+label = "seda"
+architecture = "seda"
+cache_mb = 20
+""", memory_mb=600, directories=680, rate=5000, duration=6.0)
+    server, _, _, _ = run(sc, "seda")
+    file_stage = server.model.file
+    assert file_stage.added > 1 and file_stage.peak_threads > 1
+    # light load: threads added by hand go idle and the controller retires them after 5 s
+    sc2 = scenario(tmp_path, """
+[[server]]
+label = "seda"
+architecture = "seda"
+""", rate=50, duration=10.0)
+    spec = sc2.servers[0]
+    env, server, _, _ = build(sc2, spec, 50, 0)
+    for _ in range(5):
+        server.model.parse.add_thread()
+    env.run(until=2.5)
+    assert len(server.model.parse.threads) == 6
+    env.run(until=12.0)
+    assert len(server.model.parse.threads) == 1 and server.model.parse.removed == 5
