@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import knob
-from sim.server import HEADER_BYTES
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "select",
               "epoll_wait", "epoll_ctl", "close", "ctx_switch", "net_tx", "net_conn")
@@ -35,6 +34,7 @@ def start(server, knobs, processes: int = 1, shared_cache: bool = True) -> list:
     """Start `processes` userver processes sharing the listen socket; return them."""
     fp = server.profile.footprint
     server.max_conns = knobs.max_conns
+    server.max_conns_per_entity = -(-knobs.max_conns // processes)   # the userver splits the limit
     procs = []
     for i in range(processes):
         p = server.entity(f"userver-{i}")
@@ -66,66 +66,63 @@ def event_loop(server, proc, knobs):
     per_byte = c.sendfile_u + c.net_tx_u
     reply_sent = server.reply_sent
     while True:
-        if not proc.ready and not server.can_accept():
+        if not proc.ready and not server.can_accept(proc):
             yield proc.wait()                      # poll blocks: nothing is ready
         ready, proc.ready = proc.ready, []
         cpu = event_cost(c, mechanism, proc.nconns + 1, len(ready) + 1)
-        if server.can_accept():                    # the listen socket is readable
+        if server.can_accept(proc):                # the listen socket is readable
             before = proc.nconns
             cpu += c.accept * server.accept(proc, limit)
             cpu += (proc.nconns - before) * (c.net_conn + (c.epoll_ctl if epoll else 0.0))
-        misses, sends = [], []
         for conn in ready:
             conn.queued = False
             if conn.closed:                        # EOF or reset: the client is gone
                 cpu += c.read + c.close + (c.epoll_ctl if epoll else 0.0)
                 server.close(conn)
-            elif conn.state == 1:                  # writable again: the next piece of the reply
-                if conn.flow is None and conn.unsent > 0:
-                    chunk = min(conn.unsent, sndbuf)
-                    cpu += c.sendfile + per_byte * chunk
-                    sends.append((conn, chunk))
+                continue
+            if conn.state == 1:                    # writable again: the next piece of the reply
+                if conn.flow is not None or conn.unsent <= 0:
+                    continue
+                miss = None
+                chunk = min(conn.unsent, sndbuf)
+                cpu += c.sendfile + per_byte * chunk
             elif conn.file >= 0:                   # a request has arrived
                 conn.state = 1
                 f = conn.file
                 cpu += request_cpu + (c.stat if server.header_cached(proc, f) else c.open)
                 miss = cache.touch(f, sizes[f])
                 conn.unsent = conn.size
-                if blocking:
-                    # one sendfile for the whole reply, blocking on disk and on the socket
-                    cpu += c.sendfile + per_byte * conn.size
-                    yield proc.run(cpu)
-                    cpu = 0.0
-                    if miss is not None:
-                        yield from server.block(proc, miss)
-                    if conn.closed:
-                        continue
-                    if conn.size > sndbuf:
-                        yield from server.blocking_send(proc, conn, conn.size - sndbuf)
-                        if conn.closed:
-                            continue
-                    server.send(conn, conn.unsent, reply_sent)
+                if blocking:                       # one sendfile for the whole reply
+                    chunk = conn.size
+                    cpu += c.sendfile + per_byte * chunk
                 else:
                     chunk = min(conn.size, sndbuf)
                     cpu += c.sendfile + per_byte * chunk
-                    if conn.size > sndbuf and epoll:
+                    if epoll and conn.size > sndbuf:
                         cpu += 2 * c.epoll_ctl     # watch for writability, and stop watching
-                    if miss is not None:
-                        misses.append(miss)
-                    sends.append((conn, chunk))
+            else:
+                continue
+            # the reply leaves as soon as this descriptor's work is done
+            yield proc.run(cpu)
+            cpu = 0.0
+            if miss is not None:                   # sendfile faults the file in: the process blocks
+                yield from server.block(proc, miss)
+            if conn.closed:
+                continue
+            if blocking and chunk > sndbuf:        # blocks until the rest fits the socket buffer
+                yield from server.blocking_send(proc, conn, chunk - sndbuf)
+                if conn.closed:
+                    continue
+                chunk = conn.unsent
+            server.send(conn, chunk, reply_sent)
         if cpu:
             yield proc.run(cpu)
-        for miss in misses:
-            yield from server.block(proc, miss)
-        for conn, chunk in sends:
-            if not conn.closed:
-                server.send(conn, chunk, reply_sent)
 
 
 def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float, processes: int = 1):
     """CPU seconds per request (without the poll call's batched share), usable cores, footprint KB."""
     cost = profile.cost
-    per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write")(HEADER_BYTES)
+    per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write")(workload.header_bytes)
                    + cost("sendfile").fixed * (1 if knobs.blocking_sockets else pieces)
                    + (cost("sendfile").per_unit + cost("net_tx").per_unit) * mean_bytes)
     per_connection = cost("accept")() + cost("net_conn")() + cost("read")() + cost("close")()

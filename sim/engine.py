@@ -29,7 +29,7 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     hw, wl, run = scenario.hardware, scenario.workload, scenario.run
     env = simpy.Environment()
     module = models.module_of(spec.architecture)
-    server = Server(env, hw, scenario.profile, wl.fileset, module.OPERATIONS)
+    server = Server(env, hw, scenario.profile, wl, module.OPERATIONS)
     membus.attach(server, hw)
     server.add_footprint(0)
     entities = module.start(server, spec.knobs)
@@ -85,6 +85,7 @@ def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int, detail
     if detail:
         out.update({f"cpu_util_core{i}": min(1.0, d[f"core{i}"] / dur) for i in range(hw.cores)})
         out.update({f"nic_util_link{i}": d[f"link{i}"] / dur for i in range(hw.nics)})
+        out["detail_entities"] = float(len(entities))
     return out
 
 

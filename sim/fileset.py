@@ -81,3 +81,52 @@ class FileSet:
         d, rest = divmod(int(index), len(CLASS_BASES) * FILES_PER_CLASS)
         k, j = divmod(rest, FILES_PER_CLASS)
         return f"dir{d:05d}/class{k}_{j + 1}"
+
+
+@dataclass(frozen=True)
+class SyntheticFileSet:
+    """`files` equally popular files whose sizes are fixed or drawn from an exponential law.
+
+    Not the study's workload: it makes the simulator reduce to textbook queues
+    (one file and a per-byte cost give M/D/1; exponential sizes give M/M/1).
+    """
+
+    files: int = 1
+    mean_bytes: float = 10_000.0
+    size_distribution: str = "fixed"  # or "exponential"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.files < 1 or self.mean_bytes <= 0:
+            raise ValueError("a synthetic file set needs files >= 1 and mean_bytes > 0")
+        if self.size_distribution not in ("fixed", "exponential"):
+            raise ValueError("size_distribution must be 'fixed' or 'exponential'")
+
+    @property
+    def n_files(self) -> int:
+        return self.files
+
+    @cached_property
+    def sizes(self) -> np.ndarray:
+        if self.size_distribution == "fixed":
+            return np.full(self.files, int(round(self.mean_bytes)), dtype=np.int64)
+        rng = np.random.default_rng(self.seed)
+        return np.maximum(1, np.rint(rng.exponential(self.mean_bytes, self.files))).astype(np.int64)
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        return np.full(self.files, 1.0 / self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.sizes.sum())
+
+    @property
+    def mean_reply_bytes(self) -> float:
+        return float(self.sizes.mean())
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(0, self.files, n)
+
+    def path(self, index: int) -> str:
+        return f"file{int(index):07d}"

@@ -153,7 +153,8 @@ class Link:
             return
         self._advance(now)
         heap = self.heap
-        eps = 1e-6 * (1.0 + self.v)
+        # bytes that take less than the clock's resolution count as sent
+        eps = 1e-9 * (1.0 + self.v) + self.rate / self.n * 4e-16 * max(1.0, now)
         done = []
         while heap and (heap[0][0] <= self.v + eps or not heap[0][2].live):
             flow = heapq.heappop(heap)[2]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Footprint, Hardware, RunControl, Scenario, ServerSpec
-from .fileset import FileSet
+from .fileset import FileSet, SyntheticFileSet
 from .workload import Workload
 
 SECTIONS = ("scenario", "hardware", "footprint", "workload", "run", "sweep", "server")
@@ -369,7 +369,15 @@ _WORKLOAD_LIMITS = {
     "think_between_bursts_s": {"positive": True, "max": 1e6, "help": "mean think time between bursts, s"},
     "think_distribution": {"choices": ("exponential", "fixed"), "help": "how think times are drawn"},
     "timeout_s": {"positive": True, "max": 1e6, "help": "a request unanswered this long is an error, s"},
+    "header_bytes": {"min": 0, "max": 1_000_000, "help": "HTTP response header bytes per reply"},
 }
+# A synthetic file set instead of SPECweb99's (textbook checks): `fileset = "synthetic"` and these keys.
+_SYNTHETIC_LIMITS = {
+    "files": {"min": 1, "max": 10_000_000, "help": "equally popular files"},
+    "mean_bytes": {"positive": True, "max": 1e12, "help": "mean file size in bytes"},
+    "size_distribution": {"choices": ("fixed", "exponential"), "help": "how file sizes are drawn"},
+}
+_FILESET_KIND = FieldSpec("fileset", "str", "which file set", choices=("specweb99", "synthetic"))
 _FILESET_LIMITS = {
     "directories": {"min": 1, "max": 100_000, "help": "SPECweb99 directories of 36 files; the study used 680"},
     "zipf_alpha": {"min": 0, "max": 10, "help": "Zipf exponent of directory popularity; the study used 1"},
@@ -379,6 +387,9 @@ _FILESET_LIMITS = {
 def workload_specs() -> dict[str, FieldSpec]:
     specs = specs_of(Workload, _WORKLOAD_LIMITS)
     specs.update(specs_of(FileSet, _FILESET_LIMITS))
+    specs.update(specs_of(SyntheticFileSet, _SYNTHETIC_LIMITS))
+    specs.pop("seed", None)
+    specs["fileset"] = _FILESET_KIND
     return specs
 
 
@@ -475,7 +486,19 @@ def load_scenario(path, *, seed=None, overrides=None) -> Scenario:
         if a > b:
             key = f"workload.{lo}" if lo in w else f"workload.{hi}"
             ck.fail(key, f"{lo} ({a}) is above {hi} ({b})", f"{lo} <= {hi}")
-    fileset = FileSet(**{k: w.pop(k) for k in list(w) if k in _FILESET_LIMITS})
+    kind = w.pop("fileset", "specweb99")
+    spec_keys = {k: w.pop(k) for k in list(w) if k in _FILESET_LIMITS}
+    synth_keys = {k: w.pop(k) for k in list(w) if k in _SYNTHETIC_LIMITS}
+    if kind == "synthetic":
+        if spec_keys:
+            ck.fail(f"workload.{next(iter(spec_keys))}", "is a SPECweb99 file-set key, but fileset = \"synthetic\"",
+                    ", ".join(_SYNTHETIC_LIMITS))
+        fileset = SyntheticFileSet(**synth_keys)
+    else:
+        if synth_keys:
+            ck.fail(f"workload.{next(iter(synth_keys))}", "needs fileset = \"synthetic\"",
+                    ", ".join(_FILESET_LIMITS))
+        fileset = FileSet(**spec_keys)
     try:
         workload = Workload(fileset=fileset, **w)
     except ValueError as e:
@@ -574,7 +597,12 @@ def scenario_to_dict(scenario: Scenario) -> dict:
     from .profile import profile_to_dict
 
     wl = scenario.workload
-    workload = {"directories": wl.fileset.directories, "zipf_alpha": wl.fileset.zipf_alpha}
+    fs = wl.fileset
+    if isinstance(fs, SyntheticFileSet):
+        workload = {"fileset": "synthetic", "files": fs.files, "mean_bytes": fs.mean_bytes,
+                    "size_distribution": fs.size_distribution}
+    else:
+        workload = {"fileset": "specweb99", "directories": fs.directories, "zipf_alpha": fs.zipf_alpha}
     workload.update({f.name: _plain(getattr(wl, f.name)) for f in dataclasses.fields(wl) if f.name != "fileset"})
     return {
         "name": scenario.name,

@@ -14,8 +14,6 @@ import simpy
 from .config import Hardware, Profile
 from .hardware import CPU, Disk, Link, PageCache
 
-HEADER_BYTES = 250  # a typical HTTP/1.1 response header
-
 
 class Costs:
     """The profile's operation costs as plain attributes (fixed seconds, `_b` per unit), for the hot path."""
@@ -68,10 +66,10 @@ class Entity:
 class Server:
     """The machine under test: CPU, NICs, disk, page cache, listen socket and connection limit."""
 
-    header_bytes = HEADER_BYTES
-
-    def __init__(self, env: simpy.Environment, hw: Hardware, profile: Profile, fileset, ops: tuple[str, ...]):
+    def __init__(self, env: simpy.Environment, hw: Hardware, profile: Profile, workload, ops: tuple[str, ...]):
+        fileset = workload.fileset
         self.env = env
+        self.header_bytes = workload.header_bytes
         self.hw = hw
         self.profile = profile
         self.costs = Costs(profile, ops)
@@ -84,6 +82,7 @@ class Server:
         self.backlog: deque = deque()
         self.listeners: list[Entity] = []
         self.max_conns = 1 << 62
+        self.max_conns_per_entity = 1 << 62
         self.open_conns = 0
         self.accepted = 0
         self.clients = None        # set by the run loop
@@ -119,20 +118,22 @@ class Server:
             e.wake()
         return True
 
-    def can_accept(self) -> bool:
-        return bool(self.backlog) and self.open_conns < self.max_conns
+    def can_accept(self, entity: Entity) -> bool:
+        return (bool(self.backlog) and self.open_conns < self.max_conns
+                and entity.nconns < self.max_conns_per_entity)
 
     def accept(self, entity: Entity, limit: int) -> int:
         """Accept up to `limit` connections (0: until EWOULDBLOCK); returns how many accept calls ran."""
         calls = 0
         backlog = self.backlog
-        while backlog and self.open_conns < self.max_conns and (limit == 0 or calls < limit):
+        cap = min(self.max_conns - self.open_conns, self.max_conns_per_entity - entity.nconns)
+        while backlog and calls < cap and (limit == 0 or calls < limit):
             conn = backlog.popleft()
             calls += 1
             self.accepted += 1
             self._attach(entity, conn)
             entity.signal(conn)   # its first request (or its EOF) is already waiting
-        if limit == 0 or calls < limit:
+        if not backlog and (limit == 0 or calls < limit):
             calls += 1            # the accept that returns EWOULDBLOCK
         return calls
 
@@ -145,10 +146,10 @@ class Server:
             return False
         if self.adopt_by is not None:
             entity = self.adopt_by(conn)
-            if entity is None:
-                return False
         else:
             entity = self.listeners[self._adopted % len(self.listeners)]
+        if entity is None or entity.nconns >= self.max_conns_per_entity:
+            return False
         self._adopted += 1
         self._attach(entity, conn)
         return True

@@ -14,13 +14,12 @@ import models
 
 from .analytic import Demand, che_lru_hit_ratio, saturation_rates
 from .config import Scenario, ServerSpec
-from .server import HEADER_BYTES
 
 
 def reply_stats(scenario: Scenario) -> tuple[float, float]:
     """Mean reply bytes and mean number of socket-buffer pieces per reply."""
     fs = scenario.workload.fileset
-    sizes = fs.sizes + HEADER_BYTES
+    sizes = fs.sizes + scenario.workload.header_bytes
     sndbuf = scenario.hardware.sndbuf_kb * 1024
     pieces = np.ceil(sizes / sndbuf)
     return float(fs.probabilities @ sizes), float(fs.probabilities @ pieces)

@@ -31,6 +31,7 @@ class Workload:
     think_between_bursts_s: float = 3.0
     think_distribution: str = "exponential"  # or "fixed"
     timeout_s: float = 15.0
+    header_bytes: int = 250          # HTTP response header sent before each file
 
     def __post_init__(self):
         if not 1 <= self.session_requests_min <= self.session_requests_max:
