@@ -111,11 +111,18 @@ def start_server(arch: str, root: str, *extra: str) -> Server:
 
 
 def stop_server(proc: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL (workers too) if it has not stopped within 8 s."""
     if proc.poll() is None:
+        workers = Server(proc, 0, proc.pid).pids()[1:]
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(8)
         except subprocess.TimeoutExpired:
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.kill()
             proc.wait()
     for f in (proc.stdout, proc.stderr):
