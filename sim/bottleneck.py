@@ -5,7 +5,10 @@ it, the page-cache hit ratio and the time the server's entities spent blocked,
 names the busiest resource, and puts the analytic twin's bottleneck (the lowest
 saturation rate, sim/twin.py) beside it. The CPU's level is measured against the
 cores the architecture can use (a single-process server saturates one core of
-four: 25% overall, 100% of what it can use). For each curve (a server
+four: 25% overall, 100% of what it can use). The server's workers (its
+processes or threads) are a resource too: busy on a core or blocked on the disk
+or a full socket; a single-process server whose process is always one or the
+other is saturated though neither the CPU nor the disk is. For each curve (a server
 configuration over the offered rates) it says which resource saturates first
 (reaches SATURATED) and at which offered rate.
 """
@@ -27,7 +30,7 @@ _LINK = re.compile(r"nic_util_link(\d+)$")
 
 def is_detail(metric: str) -> bool:
     """Per-core and per-NIC metrics: kept for this report, not in results.csv."""
-    return bool(_CORE.match(metric) or _LINK.match(metric))
+    return bool(_CORE.match(metric) or _LINK.match(metric) or metric.startswith("detail_"))
 
 
 @dataclass
@@ -59,6 +62,10 @@ def levels(r: PointResult) -> dict[str, float]:
     if cores and usable:
         cpu = min(1.0, cpu * len(cores) / usable)
     out["cpu"] = cpu
+    entities = detail.get("detail_entities")
+    if entities is not None and entities.mean >= 1 and cores and "blocked_pct" in r.metrics:
+        # the server's processes or threads, each either on a core or blocked (disk, full socket)
+        out["workers"] = min(1.0, _mean(r, "cpu_util") * len(cores) / entities.mean + _mean(r, "blocked_pct") / 100)
     out["nic"] = max(links) if links else _mean(r, "nic_util")
     out["disk"] = _mean(r, "disk_util")
     if "membus_util" in r.metrics:
@@ -67,11 +74,17 @@ def levels(r: PointResult) -> dict[str, float]:
 
 
 def busiest(r: PointResult) -> tuple[str, float] | None:
+    """The resource closest to saturation; a saturated device before the workers that wait on it."""
     lv = levels(r)
     if not lv:
         return None
-    name = max(lv, key=lambda k: lv[k])
-    return name, lv[name]
+    devices = {k: v for k, v in lv.items() if k != "workers"}
+    workers = lv.get("workers")
+    if devices:
+        name = max(devices, key=lambda k: devices[k])
+        if workers is None or devices[name] >= SATURATED or devices[name] >= workers:
+            return name, devices[name]
+    return "workers", workers
 
 
 def rows(results: Sequence[PointResult]) -> tuple[list[str], list[list[str]]]:
@@ -86,7 +99,7 @@ def rows(results: Sequence[PointResult]) -> tuple[list[str], list[list[str]]]:
     has_bus = any("membus_util" in r.metrics for r in results)
     cols = (["label"] + [f"param_{p}" for p in params]
             + ["offered_rps", "reply_rps", "busiest", "busiest_level", "analytic_bottleneck", "analytic_bound_rps",
-               "cpu_util", "cpu_usable_util", "usable_cores", "nic_util", "disk_util"]
+               "cpu_util", "cpu_usable_util", "usable_cores", "workers_level", "nic_util", "disk_util"]
             + (["membus_util"] if has_bus else [])
             + ["cache_hit_pct", "blocked_pct"]
             + [f"core{i}_util" for i in range(ncores)] + [f"nic{i}_util" for i in range(nlinks)])
@@ -102,7 +115,8 @@ def rows(results: Sequence[PointResult]) -> tuple[list[str], list[list[str]]]:
                   b[0] if b else "", _cell(b[1]) if b else "",
                   a[0] if a else "", _cell(a[1]) if a else "",
                   _cell(_mean(r, "cpu_util")), _cell(lv.get("cpu", math.nan)),
-                  _cell(getattr(r, "usable_cores", 0) or None), _cell(_mean(r, "nic_util")),
+                  _cell(getattr(r, "usable_cores", 0) or None), _cell(lv.get("workers")),
+                  _cell(_mean(r, "nic_util")),
                   _cell(_mean(r, "disk_util"))]
                + ([_cell(_mean(r, "membus_util"))] if has_bus else [])
                + [_cell(_mean(r, "cache_hit_pct")), _cell(_mean(r, "blocked_pct"))]
@@ -147,7 +161,7 @@ def summary(results: Sequence[PointResult]) -> str:
         twin = f"twin: {a[0]} saturates at {a[1]:,.0f} req/s" if a and math.isfinite(a[1]) else "twin: no bound"
         if first:
             p, (res, lv) = first
-            text = f"{res} saturates first ({_pct(lv)}) at {p.offered_rps:,.0f} req/s"
+            text = f"first to saturate: {res} ({_pct(lv)}) at {p.offered_rps:,.0f} req/s"
         else:
             top = busiest(pts[-1])
             text = (f"nothing saturated up to {pts[-1].offered_rps:,.0f} req/s"
@@ -171,6 +185,8 @@ def point_lines(results: Sequence[PointResult]) -> str:
             parts.append(f"disk {_pct(lv.get('disk', math.nan))}")
             if "membus" in lv:
                 parts.append(f"membus {_pct(lv['membus'])}")
+            if "workers" in lv:
+                parts.append(f"workers busy or blocked {_pct(lv['workers'])}")
             parts.append(f"cache hits {_mean(p, 'cache_hit_pct'):.1f}%")
             parts.append(f"blocked {_mean(p, 'blocked_pct'):.1f}%")
             b = busiest(p)

@@ -3,17 +3,18 @@
 Kernel network code is memory-bound: every CPU-second of server work moves
 `membus_gb_per_cpu_s` GB over the bus (cache misses on socket buffers and
 descriptors, the NIC's DMA of the reply, copies), so an operation moves bytes in
-proportion to its CPU cost. The bus carries `membus_gb_s`. When k cores are busy
-at once they ask for k x intensity; past the bandwidth each core stalls and its
-burst stretches by the factor k x intensity / bandwidth. A saturated machine then
-serves at most bandwidth / (bytes per request), whatever its core count: the
-architectures converge, as Genevès reports at 8 cores.
+proportion to its CPU cost. The bus carries `membus_gb_s`, one transfer after
+another: a burst of s CPU-seconds books s x intensity / bandwidth seconds of bus
+time behind the bookings already made, and ends when both its computing and its
+bytes are done. While the cores together ask for less than the bandwidth the
+bookings never queue and nothing changes; past it they queue, bursts stretch,
+and a saturated machine serves at most bandwidth / (bytes per request) requests
+per second whatever its core count: the architectures converge, as Genevès
+reports at 8 cores. The bound is exact (the bus never moves more than its
+bandwidth) and it costs no SimPy event.
 
-The stretch is fixed when a burst starts, from the cores busy at that instant (a
-burst does not speed up when others finish): exact while the load is steady,
-and it costs no SimPy event. With `membus_gb_s = 0` (the default) nothing here
-is installed and the CPU is the plain one, so the numbers are the same as
-without this module.
+With `membus_gb_s = 0` (the default) nothing here is installed and the CPU is
+the plain one, so the numbers are the same as without this module.
 """
 from __future__ import annotations
 
@@ -23,20 +24,22 @@ from .hardware import CPU
 class BusCPU(CPU):
     """Cores that share one memory bus: a burst stretches while the bus is oversubscribed."""
 
-    __slots__ = ("bus_bytes_per_s", "bytes_per_cpu_s", "bus_bytes")
+    __slots__ = ("bus_s_per_cpu_s", "bytes_per_cpu_s", "bus_bytes", "bus_free_at")
 
     def __init__(self, env, cores: int, switch_cost: float, bus_gb_s: float, gb_per_cpu_s: float):
         super().__init__(env, cores, switch_cost)
-        self.bus_bytes_per_s = bus_gb_s * 1e9
         self.bytes_per_cpu_s = gb_per_cpu_s * 1e9
-        self.bus_bytes = 0.0  # bytes the bursts started so far move over the bus
+        self.bus_s_per_cpu_s = gb_per_cpu_s / bus_gb_s  # bus seconds booked per CPU-second
+        self.bus_bytes = 0.0    # bytes the bursts started so far move over the bus
+        self.bus_free_at = 0.0  # when the bus has moved every byte booked so far
 
     def _start(self, core, entity, seconds, done):
-        busy = self.cores - len(self.free)  # this core included: it has been taken off the free list
+        now = self.env.now
         self.bus_bytes += seconds * self.bytes_per_cpu_s
-        wanted = busy * self.bytes_per_cpu_s
-        if wanted > self.bus_bytes_per_s:
-            seconds *= wanted / self.bus_bytes_per_s
+        free = self.bus_free_at
+        self.bus_free_at = (free if free > now else now) + seconds * self.bus_s_per_cpu_s
+        if self.bus_free_at > now + seconds:
+            seconds = self.bus_free_at - now  # the core stalls until its bytes have moved
         return CPU._start(self, core, entity, seconds, done)
 
 
