@@ -86,7 +86,6 @@ def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int, detail
         out.update({f"cpu_util_core{i}": min(1.0, d[f"core{i}"] / dur) for i in range(hw.cores)})
         out.update({f"nic_util_link{i}": d[f"link{i}"] / dur for i in range(hw.nics)})
         out["detail_entities"] = float(len(entities))
-        out["detail_entities"] = float(len(entities))
     return out
 
 
