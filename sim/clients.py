@@ -76,43 +76,59 @@ class Clients:
         env.process(self._arrivals())
         env.process(self._reaper())
 
-    def prefill(self, horizon_s: float = 60.0) -> int:
+    def prefill(self, horizon_s: float = 40.0) -> int:
         """Sessions already under way at time 0, as if the clients had run for ever at light load.
 
         Without them a run would start empty and the request rate would ramp up over
-        a whole session length. Each past session is replayed with instant replies to
-        find where it stands at time 0; those still going hold an open connection
-        (adopted by the server without an accept) and a pending next request.
+        a whole session length. The sessions born in the last `horizon_s` seconds are
+        replayed with instant replies (vectorised: one array entry per request) to find
+        where each stands at time 0; those still going hold an open connection,
+        adopted by the server without an accept, and a pending next request.
         """
-        env, rng, w = self.env, self.rng, self.w
+        rng, w = self.rng, self.w
         n = int(rng.poisson(self.session_rate * horizon_s))
+        if n == 0:
+            return 0
         born = np.sort(rng.uniform(-horizon_s, 0.0, n))
+        count = rng.integers(w.session_requests_min, w.session_requests_max + 1, n)
+        total = int(count.sum())
+        first = np.concatenate(([0], np.cumsum(count)[:-1]))          # flat index of each session's request 0
+        sid = np.repeat(np.arange(n), count)
+        j = np.arange(total) - first[sid]                              # request number within its session
+        # burst starts: cumulative burst lengths within each session
+        blen = rng.integers(w.burst_requests_min, w.burst_requests_max + 1, total)
+        bcum = np.cumsum(blen)
+        bpos = bcum - np.concatenate(([0], bcum[np.cumsum(count)[:-1] - 1]))[sid]   # per-session cumsum
+        starts = np.zeros(total, dtype=bool)
+        starts[first] = True
+        ok = bpos < count[sid]
+        starts[(first[sid] + bpos)[ok]] = True
+        # think time before each request (none before the first)
+        mean = np.where(starts, w.think_between_bursts_s, w.think_within_burst_s)
+        gap = mean * (rng.exponential(1.0, total) if w.think_distribution == "exponential" else 1.0)
+        gap[first] = 0.0
+        csum = np.cumsum(gap)
+        t = born[sid] + csum - csum[first][sid]
+        future = t >= 0.0
+        nxt = np.flatnonzero(future & ((j == 0) | ~np.roll(future, 1)))
+        # end of the burst holding each request: the next burst start, or the session's end
+        idx = np.where(starts, np.arange(total), total)
+        next_start = np.minimum.accumulate(idx[::-1])[::-1]
+        after = np.append(next_start[1:], total)
+        session_end = first[sid] + count[sid]
+        burst_end = np.minimum(after, session_end)
         adopted = 0
-        for t in born:
-            left = int(rng.integers(w.session_requests_min, w.session_requests_max + 1))
-            burst_left = self._burst_len()
-            while True:  # send a request at t, get the reply at once, think
-                left -= 1
-                burst_left -= 1
-                if left <= 0:
-                    break
-                if burst_left <= 0:
-                    burst_left = self._burst_len()
-                    t += self._think(w.think_between_bursts_s)
-                else:
-                    t += self._think(w.think_within_burst_s)
-                if t >= 0.0:
-                    break
-            if left <= 0:
-                continue
-            conn = Connection(self.next_id, left, t)
+        env, send = self.env, self._send
+        for k in nxt.tolist():
+            s = int(sid[k])
+            conn = Connection(self.next_id, int(count[s] - j[k]), float(born[s]))
             self.next_id += 1
-            conn.reqno = 1
-            conn.burst_left = burst_left + 1
+            conn.reqno = int(j[k])
+            conn.burst_left = int(burst_end[k] - k)
             if not self.server.adopt(conn):
                 continue
             adopted += 1
-            env.timeout(t).callbacks.append(lambda _e, c=conn: self._send(c) if not c.closed else None)
+            env.timeout(float(t[k])).callbacks.append(lambda _e, c=conn: send(c) if not c.closed else None)
         return adopted
 
     # -- drawing --------------------------------------------------------------------------------

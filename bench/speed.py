@@ -1,0 +1,111 @@
+"""How fast the simulator runs, as a ratio to bare SimPy on the same machine in the same run.
+
+For each architecture at saturation on the study's workload it measures simulated
+replies per wall-clock second (one process, so per core), and beside it a bare
+SimPy M/M/c model (a process per customer, a Resource with c servers), the usual
+yardstick of what SimPy itself costs. Runs alternate and medians are quoted, since
+these machines are shared and noisy.
+
+    python bench/speed.py [--repeat 3] [--seconds 4] [--all]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import simpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from sim.config import RunControl, Scenario, ServerSpec  # noqa: E402
+from sim.engine import simulate  # noqa: E402
+from sim.profile import load_profile  # noqa: E402
+from sim.workload import Workload  # noqa: E402
+
+
+def bare_mmc(customers: int, c: int = 4, rho: float = 0.9, seed: int = 1) -> float:
+    """Customers per wall second of a textbook SimPy M/M/c."""
+    env = simpy.Environment()
+    servers = simpy.Resource(env, capacity=c)
+    rng = np.random.default_rng(seed)
+    inter = rng.exponential(1.0, customers)
+    service = rng.exponential(c * rho, customers)
+    done = [0]
+
+    def customer(s):
+        with servers.request() as req:
+            yield req
+            yield env.timeout(s)
+        done[0] += 1
+
+    def source():
+        for i in range(customers):
+            yield env.timeout(inter[i])
+            env.process(customer(service[i]))
+
+    env.process(source())
+    t = time.perf_counter()
+    env.run()
+    return done[0] / (time.perf_counter() - t)
+
+
+# (label, architecture, knobs, cores, offered requests/s): each above its saturation point
+CASES = [
+    ("SPED", "sped", {}, 1, 12_000),
+    ("SYMPED-4p", "symped", {"processes": 4}, 4, 45_000),
+]
+
+
+def all_cases():
+    extra = []
+    for arch in sorted(models.ARCHITECTURES):
+        if arch not in ("sped", "symped"):
+            extra.append((arch, arch, {}, 1, 12_000))
+    return CASES + extra
+
+
+def sim_speed(profile, label, arch, knobs, cores, rate, seconds) -> float:
+    spec = ServerSpec(label, arch, models.knobs_class(arch)(**knobs))
+    hw = dataclasses.replace(profile.hardware, cores=cores, nics=max(profile.hardware.nics, 2 * cores))
+    sc = Scenario("speed", profile, hw, Workload(), RunControl(rates=(rate,), warmup_s=0.0, duration_s=seconds),
+                  (spec,))
+    t = time.perf_counter()
+    m = simulate(sc, spec, rate, 0)
+    wall = time.perf_counter() - t
+    return m["reply_rps"] * seconds / wall
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4.0, help="simulated seconds per run")
+    ap.add_argument("--all", action="store_true", help="every registered architecture, not only SPED and SYMPED")
+    args = ap.parse_args()
+    profile = load_profile("study-xeon")
+    cases = all_cases() if args.all else CASES
+    speeds = {c[0]: [] for c in cases}
+    bare = []
+    for _ in range(args.repeat):
+        bare.append(bare_mmc(100_000))
+        for case in cases:
+            speeds[case[0]].append(sim_speed(profile, *case, args.seconds))
+    mmc = statistics.median(bare)
+    print(f"{'model':<14} {'replies/s (wall)':>16} {'ratio to M/M/c':>15}")
+    print(f"{'bare M/M/c':<14} {mmc:16,.0f} {1.0:15.2f}")
+    for name, v in speeds.items():
+        m = statistics.median(v)
+        print(f"{name:<14} {m:16,.0f} {m / mmc:15.2f}")
+    main_cases = [statistics.median(speeds[c[0]]) for c in CASES]
+    n = statistics.median(main_cases)
+    print(f"speed: {n:.0f} simulated requests/s per core; ratio to bare SimPy M/M/c customers/s: {n / mmc:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
