@@ -28,7 +28,8 @@ SECRET = b"outside the document root\n"
 @pytest.fixture(scope="session")
 def docroot(tmp_path_factory):
     """A few hundred files of varied sizes (two over 1 MB), a symlink out of the root,
-    and a secret file beside the root. Returns (root, {relpath: bytes})."""
+    and a secret file beside the root. Returns (root, {relpath: bytes}); the root also
+    holds huge.bin, bigger than socket buffers can absorb."""
     base = tmp_path_factory.mktemp("www")
     root = base / "root"
     root.mkdir()
@@ -43,6 +44,11 @@ def docroot(tmp_path_factory):
         (root / rel).parent.mkdir(exist_ok=True)
         (root / rel).write_bytes(data)
         files[rel] = data
+    # larger than the most a socket can buffer on the way (send buffer ceiling, twice over):
+    # a reader that stops must leave the server with bytes it cannot send. Not in `files`.
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        wmem_max = int(f.read().split()[2])
+    (root / "huge.bin").write_bytes(b"h" * (2 * wmem_max + (4 << 20)))
     (root / "small.txt").write_bytes(b"hello\n")
     files["small.txt"] = b"hello\n"
     os.symlink(base / "secret.txt", root / "escape.txt")

@@ -83,6 +83,11 @@ label = "seda"
 architecture = "seda"
 
 [[server]]
+label = "amped"
+architecture = "amped"
+helpers = 4
+
+[[server]]
 label = "threaded"
 architecture = "threaded"
 threads = 0
@@ -95,7 +100,8 @@ gil = true
 """
 
 
-@pytest.mark.parametrize("label", ["knot-b", "knot-nb", "knot-c", "watpipe", "seda", "threaded", "threaded-gil"])
+@pytest.mark.parametrize("label", ["knot-b", "knot-nb", "knot-c", "watpipe", "seda", "amped",
+                                   "threaded", "threaded-gil"])
 def test_light_load_is_served_without_errors(tmp_path, label):
     sc = scenario(tmp_path, LIGHT)
     server, clients, rps, errors = run(sc, label)
@@ -213,3 +219,23 @@ architecture = "seda"
     assert len(server.model.parse.threads) == 6
     env.run(until=12.0)
     assert len(server.model.parse.threads) == 1 and server.model.parse.removed == 5
+
+
+def test_amped_helpers_keep_the_event_loop_off_the_disk(tmp_path):
+    # 3.2 GB of files, 1 GB of memory: SPED blocks on every miss, AMPED's loop never does
+    sc = scenario(tmp_path, """
+[[server]]
+label = "sped"
+architecture = "symped"
+processes = 1
+
+[[server]]
+label = "amped"
+architecture = "amped"
+helpers = 8
+""", memory_mb=1024, directories=680, rate=10000, duration=2.0)
+    s, _, rps_sped, _ = run(sc, "sped")
+    a, _, rps_amped, _ = run(sc, "amped")
+    assert a.model.offloaded > 0
+    assert a.model.main.blocked_s == 0 and sum(h.blocked_s for h in a.model.helpers) > 0
+    assert rps_amped > 1.5 * rps_sped, (rps_amped, rps_sped)

@@ -6,6 +6,7 @@ descriptors (counted in /proc/PID/fd of every server process).
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -139,6 +140,32 @@ def test_reset_mid_sendfile(srv, docroot):
         time.sleep(0.05)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()                      # a reset while the server is still sending
+    healthy(srv)
+
+
+def test_stalled_reader_blocks_nobody_and_is_cut_off(srv, docroot):
+    root, _ = docroot
+    size = os.path.getsize(os.path.join(root, "huge.bin"))
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.settimeout(5)
+    stalled.connect(("127.0.0.1", srv.port))
+    try:
+        stalled.sendall(b"GET /huge.bin HTTP/1.1\r\n" + H + b"\r\n")
+        time.sleep(0.2)                       # the server is now stuck on a full socket
+        t0 = time.monotonic()
+        assert get(srv.port, "/small.txt", timeout=3)[::2] == (200, b"hello\n")
+        assert time.monotonic() - t0 < 1.0, f"{srv.arch}: a stalled reader held up another client"
+        time.sleep(2.5)                       # past the idle timeout without progress
+        got = 0
+        try:
+            while chunk := stalled.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < size, f"{srv.arch}: the stalled reader was never cut off"
+    finally:
+        stalled.close()
     healthy(srv)
 
 

@@ -56,6 +56,13 @@ class Config:
     trace: str | None = None
 
     @property
+    def send_timeout(self) -> float:
+        """SO_SNDTIMEO of blocking sockets. A blocking sendfile waits up to this once per
+        pipe buffer it moves (the kernel's splice loop), so a reply stuck on a full socket
+        is abandoned after two to four of these: about the idle timeout."""
+        return self.idle_timeout / 3
+
+    @property
     def tick(self) -> float:
         """How often timeouts are checked: a quarter of the shortest, at most 0.5 s."""
         return max(0.01, min(0.5, self.idle_timeout / 4, self.request_timeout / 4))

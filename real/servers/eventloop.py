@@ -113,7 +113,7 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
                 return
             k += 1
             if blocking:
-                set_timeouts(s, cfg.tick, idle)   # a recv never blocks for long, even if woken wrongly
+                set_timeouts(s, cfg.tick, cfg.send_timeout)   # a recv never blocks for long, even if woken wrongly
             else:
                 s.setblocking(False)
             c = Conn(s, cache, rec, now)

@@ -5,7 +5,7 @@ socket, then serve that connection (blocking recv, one blocking sendfile per
 reply) until it closes, then accept again; so --threads is also the connection
 limit (further connections wait in the listen queue). Timeouts come from the
 kernel: SO_RCVTIMEO of one tick lets a thread check the idle and request
-deadlines, SO_SNDTIMEO of the idle timeout ends a send that makes no progress.
+deadlines, SO_SNDTIMEO (Config.send_timeout) ends a send that makes no progress.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def run(cfg: Config) -> int:
                     time.sleep(0.1)
                 continue
             try:
-                set_timeouts(s, cfg.tick, cfg.idle_timeout)
+                set_timeouts(s, cfg.tick, cfg.send_timeout)
             except OSError:
                 s.close()
                 continue
