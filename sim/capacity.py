@@ -33,7 +33,7 @@ from .progress import Progress
 from .report import CORE_METRICS, KNOWN_METRICS, _atomic_write, _cell, _jsonable
 from .runner import _Counting, add_common_options, cache_note, open_cache, parse_overrides, run_points
 from .scenario import ScenarioError, format_error, load_scenario
-from .sweep import Point, _expand_key, _server_knobs
+from .sweep import Point, _expand_key, _server_knobs, file_sweeps
 
 METRICS = CORE_METRICS + KNOWN_METRICS + ("blocked_pct", "ctx_switches_per_s", "membus_util")
 _TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|>|<)\s*([-+0-9.eE_]+)\s*(?:@\s*rate\s*=\s*([0-9.eE_+]+)\s*)?")
@@ -227,6 +227,8 @@ def main(argv: list[str]) -> int:
     except ScenarioError as e:
         print(format_error(e), file=sys.stderr)
         return 2
+    if file_sweeps(args.scenario):
+        print("note: the scenario's [sweep] is not used here; every other key keeps the file's value", flush=True)
     out = Path(args.out) if args.out else Path("results") / base.name
     cache = open_cache(args, out)
     computed = [0]
@@ -240,6 +242,7 @@ def main(argv: list[str]) -> int:
                   + " meeting " + ", ".join(str(t) for t in targets), flush=True)
             search = Search(args.scenario, args, overrides, targets, rates, si, executor, cache, out)
             try:
+                search.scenario(lo), search.scenario(hi)  # a bad value fails now, not after a probe
                 answer, good, below = search.run(lo, hi, args.step)
             except ScenarioError as e:
                 print(format_error(e), file=sys.stderr)
