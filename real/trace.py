@@ -196,10 +196,6 @@ def measure_bias(n: int = 2000) -> tuple[float, float]:
     return sorted(walls)[2], sorted(cpus)[2]
 
 
-def perf() -> float:
-    return _perf()
-
-
 class Tracer:
     """One trace file per process; hands out per-thread Recorders and flushes them all."""
 

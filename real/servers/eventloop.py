@@ -18,7 +18,7 @@ import time
 
 from . import events
 from .base import Config, Conn, Context, log, set_timeouts, traced_accept
-from .events import ERR, HUP, IN, OUT
+from .events import IN, OUT
 
 READING, WRITING = 0, 1
 

@@ -9,7 +9,9 @@
    block goes to stage 3; a finished one sends the connection back to stage 2.
 A connection belongs to one stage at a time; each hand-off is a queue put (traced
 as `handoff`) plus an eventfd write to wake a waiting stage. Each stage has its
-own trace recorder (role accept, read, wselect, writer).
+own trace recorder (role accept, read, wselect, writer), and a stage that takes a
+connection points it at that recorder, as a recorder must only be used by the
+thread that owns it.
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class Stage:
 
     def close(self) -> None:
         for c in list(self.conns.values()):
+            c.rec = None          # at exit, from the main thread: not into a stage's recorder
             c.close()
         self.ev.close()
         os.close(self.wake)
@@ -132,10 +135,11 @@ def run(cfg: Config) -> int:
             s.setblocking(False)
             reader.put(Conn(s, ctx.cache, rec, clock()), rec)
 
-    def sweep(stage: Stage, now: float) -> None:
+    def sweep(stage: Stage, now: float, rec) -> None:
         for c in list(stage.conns.values()):
             e = c.expired(now, idle, reqt)
             if e:
+                c.rec = rec
                 stage.remove(c)
                 if e == 2:
                     c.send_timeout_reply()
@@ -184,7 +188,7 @@ def run(cfg: Config) -> int:
                     finish(c)
             if now >= next_sweep:
                 next_sweep = now + tick
-                sweep(reader, now)
+                sweep(reader, now, rec)
 
     def wselect_stage() -> None:
         rec = wsrec
@@ -195,6 +199,7 @@ def run(cfg: Config) -> int:
             for fd, mask in ready:
                 if fd == wselect.wake:
                     for c in wselect.drain():
+                        c.rec = rec       # a recorder is only ever used by its own thread
                         try:
                             wselect.add(c)
                         except (OSError, ValueError) as e:
@@ -208,7 +213,7 @@ def run(cfg: Config) -> int:
                     to_writers(c, rec)
             if now >= next_sweep:
                 next_sweep = now + tick
-                sweep(wselect, now)
+                sweep(wselect, now, rec)
 
     def writer() -> None:
         rec = ctx.recorder("writer")
