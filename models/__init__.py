@@ -17,6 +17,7 @@ ARCHITECTURES: dict[str, str] = {
     "watpipe": "models.watpipe",
     "threaded": "models.threaded",
     "seda": "models.seda",
+    "amped": "models.amped",
 }
 
 
