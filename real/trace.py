@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from sim.operations import OPERATION_NAMES, OPERATIONS
 
 FORMAT_VERSION = 1
-CPU_SAMPLE = 0.125
+CPU_SAMPLE = 0.0625
 FLUSH_EVERY = 2.0
 
 _perf = time.perf_counter
