@@ -71,6 +71,7 @@ class Profile:
     footprint: Footprint = field(default_factory=Footprint)
     description: str = ""
     source: str = ""
+    provenance: dict = field(default_factory=dict, compare=False)  # how it was made (calibration)
 
     def cost(self, op: str) -> Cost:
         try:

@@ -34,8 +34,8 @@ profile = "free.toml"
 directories = 100
 [run]
 rates = [3000]
-warmup_s = 10
-duration_s = 20
+warmup_s = 5
+duration_s = 10
 [[server]]
 label = "s"
 architecture = "sped"
@@ -45,6 +45,7 @@ architecture = "sped"
     hit = [simulate(sc, sc.servers[0], 3000, r)["cache_hit_pct"] for r in range(2)]
     che = che_lru_hit_ratio(fs.probabilities, fs.sizes.astype(float), (memory_mb - kernel_mb) * 2**20)
     assert 0.5 < che.hit_ratio < 0.95         # the check means something: the cache is really too small
+    print(f"page cache hit {np.mean(hit):.2f} %, Che {100 * che.hit_ratio:.2f} %")
     assert abs(np.mean(hit) - 100 * che.hit_ratio) < 1.0, (hit, che.hit_ratio)
 
 
@@ -56,9 +57,9 @@ profile = "study-xeon"
 [workload]
 directories = 20
 [run]
-rates = [1500, 4000]
+rates = [1500, 3000]
 warmup_s = 1
-duration_s = 2
+duration_s = 1
 replications = 2
 max_replications = 3
 [[server]]
