@@ -42,7 +42,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from real.fileset import generate  # noqa: E402
-from real.httperf import LoadError, Nginx, _atomic_write, plan_instances, run_httperf  # noqa: E402
+from real.httperf import LoadError, Nginx, atomic_write_text, plan_instances, run_httperf  # noqa: E402
 from sim.fileset import FileSet  # noqa: E402
 from sim.workload import Workload  # noqa: E402
 
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     if args.json:
         doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
                "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}
-        _atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     return 0
 
 

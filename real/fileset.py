@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.fileset import FileSet
+from sim.fileset import CLASS_BASES, FILES_PER_CLASS, FileSet
 
 MANIFEST = ".fileset.json"
 FORMAT = 1
@@ -93,13 +93,15 @@ def _write_manifest(root: str, manifest: dict) -> None:
 
 def _survey(root: str, fileset: FileSet) -> tuple[list[str], list[str]]:
     """(foreign entries, our stale temporary files) found under root."""
-    expected_dirs = {os.path.dirname(fileset.path(i * 36)) for i in range(fileset.directories)}
+    per_dir = len(CLASS_BASES) * FILES_PER_CLASS
+    expected_dirs = {os.path.dirname(fileset.path(d * per_dir)) for d in range(fileset.directories)}
     foreign, stale = [], []
     for name in sorted(os.listdir(root)):
         full = os.path.join(root, name)
-        if name in (MANIFEST,) or re.fullmatch(rf"\.{re.escape(MANIFEST)}\.tmp\.\d+", name):
-            if name != MANIFEST:
-                stale.append(full)
+        if name == MANIFEST:
+            continue
+        if re.fullmatch(rf"\.{re.escape(MANIFEST)}\.tmp\.\d+", name):
+            stale.append(full)
             continue
         if not (_OURS_DIR.match(name) and name in expected_dirs and os.path.isdir(full)
                 and not os.path.islink(full)):

@@ -130,7 +130,7 @@ def write_wsesslog(workload: Workload, rng: np.random.Generator, n_sessions: int
                 lines.append(f"/{fs.path(index)} think={think:.3f}")
         lines.append("")
         log.ages.append(ages)
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return log
 
 
@@ -423,7 +423,8 @@ def _kill(p: subprocess.Popen) -> None:
             continue
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` through a temporary file beside `path`, then rename it over `path`."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
@@ -488,7 +489,7 @@ class Nginx:
             conf = os.path.join(self.prefix, "nginx.conf")
             # as root, nginx's workers would switch to `nobody`, who may not read a private root
             user = f"user {pwd.getpwuid(0).pw_name};\n" if os.geteuid() == 0 else ""
-            _atomic_write(conf, NGINX_CONF.format(user=user, prefix=self.prefix, port=self.port, root=self.root))
+            atomic_write_text(conf, NGINX_CONF.format(user=user, prefix=self.prefix, port=self.port, root=self.root))
             cmd = ([] if self.cpu is None else ["taskset", "-c", str(self.cpu)]) + [
                 self.nginx, "-c", conf, "-p", self.prefix + "/", "-e", os.path.join(self.prefix, "error.log")]
             log = open(os.path.join(self.prefix, "stderr.log"), "w")
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             doc = {"server": args.server, "port": args.port, "directories": directories, "seed": args.seed,
                    "duration_s": args.duration, "runs": rows}
-            _atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
+            atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     except LoadError as e:
         print(f"simrun load: error: {e}", file=sys.stderr)
         return 2
