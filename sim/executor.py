@@ -127,6 +127,11 @@ class LocalExecutor:
 
 # ---------------------------------------------------------------- Dask
 
+def _code_version() -> str:
+    from .resultcache import code_version
+    return code_version()
+
+
 def _dask_run(scenario, task: Task):
     return task, simulate_task(scenario, task)
 
@@ -169,6 +174,25 @@ class DaskExecutor:
             raise ExecutorError(f"cannot connect to a Dask scheduler at {address}: "
                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         self.address = address
+        try:
+            self.client.wait_for_workers(1, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - reported below as "no workers"
+            pass
+        try:
+            versions = self.client.run(_code_version)
+        except Exception as e:  # noqa: BLE001
+            self.client.close()
+            raise ExecutorError(f"the Dask workers at {address} cannot run the simulator: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        mine = _code_version()
+        if not versions:
+            self.client.close()
+            raise ExecutorError(f"the Dask scheduler at {address} has no workers")
+        stale = sorted(w for w, v in versions.items() if v != mine)
+        if stale:
+            self.client.close()
+            raise ExecutorError(f"{len(stale)} Dask worker(s) run other simulator sources than this one "
+                                f"(first: {stale[0]}); their results would differ from a local run")
         self._remote: list = []
         self._ac = None
         self._futures: set = set()
