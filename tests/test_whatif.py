@@ -326,3 +326,37 @@ def test_memory_bus_caps_what_more_cores_buy(tmp_path):
     b, usable = _bounds(s1, s1.servers[0])
     assert usable == 1 and b["membus"] < b["cpu"]
     assert 0.9 * b["membus"] < bus2["reply_rps"] < 1.1 * b["membus"]      # at the twin's bus bound
+
+
+def test_star_key_sweeps_every_server_that_has_the_knob(tmp_path):
+    from sim.scenario import ScenarioError
+    from sim.sweep import expand
+    path = scenario_file(tmp_path, extra='[sweep]\n"server.*.processes" = [2, 3]\n')
+    path.write_text(path.read_text() + '\n[[server]]\nlabel = "sym"\narchitecture = "symped"\nprocesses = 4\n')
+    points = expand(path)
+    assert [p.params for p in points] == [{"server.*.processes": 2}, {"server.*.processes": 3}]
+    assert [p.scenario.servers[1].knobs.processes for p in points] == [2, 3]   # SPED has no such knob
+    with pytest.raises(ScenarioError, match="no server of the scenario has a knob 'threads'"):
+        expand(path, cli_sweeps={"server.*.threads": [1]})
+
+
+def test_progress_redraws_in_place_on_a_terminal():
+    import io
+
+    from sim.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    p = Progress("demo", True, term)
+    p.add_point("a", "sped nics=1 @ 1,000", 2)
+    p.submitted("a")
+    p.run_done("a")
+    p.run_done("a", cached=True)
+    p.point_done("a", "2 runs")
+    p.close()
+    text = term.getvalue()
+    assert "\x1b[" in text and "[1/1] sped nics=1 @ 1,000: 2 runs\n" in text
+    assert text.rstrip().endswith("2/2 runs (1 cached)  1/1 points  0:00")
