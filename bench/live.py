@@ -21,9 +21,11 @@ without think times (6 s runs), which one httperf can offer up to ~20,000
 req/s: the server's own limit, as long as it is below that.
 
 The server's CPU use during each run (its processes, from /proc) is reported
-beside its reply rate: a server well below 100 % of its core at its "peak"
-was held back by the load generator, not by its own capacity (the network
-softirq work done on its behalf is not counted in it, so it reads low).
+beside its reply rate, as a share of its core and per reply: a server well
+below 100 % of its core at its "peak" was held back by the load generator or
+by other work on core 0, not by its own capacity. CPU per reply is skewed less by such
+contention (though it falls as the load rises and work is batched; and the
+network softirq work done on the server's behalf is not in it).
 """
 from __future__ import annotations
 
@@ -178,7 +180,9 @@ def one_run(pid, port, workload, rate, duration, seed, warmup_s=5.0) -> dict:
     r = run_httperf("127.0.0.1", port, workload, rate, duration, LOAD_CORE, seed=seed, warmup_s=warmup_s,
                     stop_after_s=duration + 0.5)
     wall = max(time.monotonic() - t0, 1e-9)
-    r["server_cpu_pct"] = 100.0 * (cpu_seconds(pid) - c0) / wall
+    cpu = cpu_seconds(pid) - c0
+    r["server_cpu_pct"] = 100.0 * cpu / wall
+    r["server_cpu_us_per_reply"] = 1e6 * cpu / r["replies"] if r["replies"] else 0.0
     r["server_core_busy_pct"] = 100.0 * (core_busy_seconds(SERVER_CORE) - b0) / wall
     r["sustained"] = (r["errors_pct"] < MAX_ERRORS_PCT and r["replies_not_2xx"] == 0
                       and r["reply_rps"] >= KEPT_UP * r["offered_window_rps"])
@@ -199,6 +203,7 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
         log(f"  {name:<9} {label:<8} offered {rate:>7.0f}/s  window {r['offered_window_rps']:>7.0f}/s  "
             f"reply {r['reply_rps']:>7.0f}/s  {r['throughput_mbps']:>6.0f} Mbps  err {r['errors_pct']:5.2f}%  "
             f"resp {r['response_ms_mean']:>7.1f} ms  server cpu {r['server_cpu_pct']:>4.0f}% "
+            f"{r['server_cpu_us_per_reply']:>4.0f} us/reply "
             f"(core {r['server_core_busy_pct']:>3.0f}%)  "
             f"httperf x{r['instances']}  {'ok' if r['sustained'] else 'NOT sustained'}")
         r["settle_s"] = round(settle(port), 1)
@@ -248,6 +253,7 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
             "peak_mbps": best["throughput_mbps"] if best else 0.0,
             "peak_offered_rps": best["offered_rps"] if best else 0.0,
             "server_cpu_pct_at_peak": best["server_cpu_pct"] if best else 0.0,
+            "server_cpu_us_per_reply_at_peak": best["server_cpu_us_per_reply"] if best else 0.0,
             "first_failed_rps": bad, "note": stop_reason, "runs": runs}
 
 
@@ -333,27 +339,31 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5}"
-                                         for ph in phases) + "  notes")
+    print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5} "
+                                         f"{'us/rep':>6} {'eff':>5}" for ph in phases) + "  notes")
     ref = next((r for r in results if r["server"] == "nginx"), {})
     for r in results:
         cells, notes = [], []
         for ph in phases:
             x = r.get(ph)
             if not x:
-                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5}")
+                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5} {'-':>6} {'-':>5}")
                 continue
-            base_peak = ref.get(ph, {}).get("peak_reply_rps") if ref else None
-            ratio = f"{x['peak_reply_rps'] / base_peak:.2f}" if base_peak else "-"
+            base = ref.get(ph, {}) if ref else {}
+            ratio = f"{x['peak_reply_rps'] / base['peak_reply_rps']:.2f}" if base.get("peak_reply_rps") else "-"
+            us = x["server_cpu_us_per_reply_at_peak"]
+            eff = f"{base['server_cpu_us_per_reply_at_peak'] / us:.2f}" if us and base.get(
+                "server_cpu_us_per_reply_at_peak") else "-"
             cells.append(f"{x['peak_reply_rps']:>14.0f} {x['peak_mbps']:>7.1f} {ratio:>6} "
-                         f"{x['server_cpu_pct_at_peak']:>5.0f}")
+                         f"{x['server_cpu_pct_at_peak']:>5.0f} {us:>6.0f} {eff:>5}")
             if x["note"]:
                 notes.append(f"{ph}: {x['note']}")
         if "unavailable" in r:
             notes.append(r["unavailable"])
         print(f"{r['server']:<10} " + " ".join(cells) + "  " + "; ".join(notes))
-    print(f"# {time.monotonic() - t0:.0f} s in all; cpu% = the server's own processes at the peak run "
-          "(network softirq work is not in it)")
+    print(f"# {time.monotonic() - t0:.0f} s in all. cpu% and us/rep: CPU of the server's own processes in the "
+          "peak run, as a share of a core and per reply (network softirq work is not in it); eff = nginx's "
+          "us/rep over the server's, less skewed than the peak ratio by other work on the machine (but per-reply CPU falls as load rises, so compare runs of like rates)")
     if args.json:
         doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
                "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}

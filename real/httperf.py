@@ -425,10 +425,9 @@ def _kill(p: subprocess.Popen) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` through a temporary file beside `path`, then rename it over `path`."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
