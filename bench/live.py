@@ -363,7 +363,8 @@ def main(argv=None) -> int:
         print(f"{r['server']:<10} " + " ".join(cells) + "  " + "; ".join(notes))
     print(f"# {time.monotonic() - t0:.0f} s in all. cpu% and us/rep: CPU of the server's own processes in the "
           "peak run, as a share of a core and per reply (network softirq work is not in it); eff = nginx's "
-          "us/rep over the server's, less skewed than the peak ratio by other work on the machine (but per-reply CPU falls as load rises, so compare runs of like rates)")
+          "us/rep over the server's, less skewed than the peak ratio by other work on the machine (but CPU per "
+          "reply falls as the load rises, so compare runs of like rates)")
     if args.json:
         doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
                "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}
