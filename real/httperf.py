@@ -330,7 +330,10 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
             _wait_all(procs, deadline)
             for p in procs:
                 if p.poll() is None:
-                    os.kill(p.pid, signal.SIGINT)
+                    try:
+                        os.kill(p.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
             deadline = time.monotonic() + 10.0
         killed = False
         for p in procs:
