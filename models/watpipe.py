@@ -81,6 +81,7 @@ class WatPipe:
                 if conn.closed:
                     cpu += c.read + c.close
                     server.close(conn)
+                    self.acceptor.wake()          # below the connection limit again
                 elif conn.file >= 0:
                     cpu += request_cpu + (c.stat if server.header_cached(r, conn.file) else c.open)
                     conn.unsent = conn.size
@@ -108,6 +109,7 @@ class WatPipe:
                 if conn.closed:
                     cpu += c.close
                     server.close(conn)
+                    self.acceptor.wake()
                 elif conn.owner is s and conn.flow is None and conn.unsent > 0:
                     batch.append(conn)
             batch = [conn for conn in batch if not conn.closed]   # a closed one is closed when its EOF is seen
