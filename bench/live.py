@@ -266,7 +266,8 @@ PHASES = {
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer, coarser steps (about 6 minutes for all servers, against about 9)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer, coarser steps (about 6 minutes for all servers, against about 9)")
     p.add_argument("--servers", default=",".join([*ARCHS, "nginx"]),
                    help="comma-separated: " + ", ".join([*ARCHS, "nginx"]))
     p.add_argument("--phases", default="study,capacity",
