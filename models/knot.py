@@ -59,13 +59,17 @@ class Knobs:
 
 
 def warm_application_cache(server, capacity: float):
-    """Both caches as a long-running server with its own file cache has them: the best files
-    (most requests per byte) in the application cache, and the next best in the page cache,
-    which only sees the application cache's misses and so forgets the files that hit.
-    Returns the application cache (an LRU of file -> bytes) and the bytes it holds."""
+    """Both caches as a long-running server with its own file cache has them.
+
+    The application cache is an LRU over whole files: in the long run it holds the
+    most often requested files, whatever their size (Che's approximation: a file's
+    chance to be in an LRU cache grows with its request rate alone). The page cache
+    only sees the application cache's misses, so it holds the next most requested
+    files and forgets those that hit above it. Returns the application cache (an LRU
+    of file -> bytes, most recently used last) and the bytes it holds."""
     fs = server.clients.w.fileset
     sizes, header = fs.sizes, server.header_bytes
-    order = np.argsort(-fs.probabilities / sizes, kind="stable")
+    order = np.argsort(-fs.probabilities, kind="stable")
     chosen, rest, used = [], [], 0.0
     for f in order:
         b = float(sizes[f]) + header
