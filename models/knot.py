@@ -334,6 +334,7 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
                         + (cost("sendfile").per_unit + cost("net_tx").per_unit) * mean_bytes)
     per_connection = cost("accept")() + cost("net_conn")() + cost("read")() + cost("close")()
     cpu = per_request + per_connection / workload.mean_requests_per_session
-    footprint = (fp.process_kb + knobs.threads * fp.user_thread_kb + knobs.workers * fp.kernel_thread_kb
-                 + (knobs.cache_mb * 1024 if knobs.variant == "knot-c" else 0.0))
+    # knot-c's cache is resident memory, but the page cache below it holds other files (it sees
+    # only the cache's misses), so for the disk bound the two act as one cache of their summed size
+    footprint = fp.process_kb + knobs.threads * fp.user_thread_kb + knobs.workers * fp.kernel_thread_kb
     return cpu, min(hw.cores, 1 + knobs.workers), footprint

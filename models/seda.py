@@ -266,4 +266,5 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     per_connection = cost("accept")() + cost("net_conn")() + cost("read")() + cost("close")()
     cpu = per_request + per_connection / workload.mean_requests_per_session
     threads = 1 + 3 * knobs.max_threads
-    return cpu, min(hw.cores, threads), fp.process_kb + threads * fp.kernel_thread_kb + knobs.cache_mb * 1024
+    # Haboob's cache and the page cache below it hold different files: one cache for the disk bound
+    return cpu, min(hw.cores, threads), fp.process_kb + threads * fp.kernel_thread_kb
