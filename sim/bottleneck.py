@@ -80,6 +80,8 @@ def busiest(r: PointResult) -> tuple[str, float] | None:
         return None
     devices = {k: v for k, v in lv.items() if k != "workers"}
     workers = lv.get("workers")
+    if devices.get("membus", 0.0) >= SATURATED:
+        return "membus", devices["membus"]  # cores stalled on memory count as busy: the bus explains them
     if devices:
         name = max(devices, key=lambda k: devices[k])
         if workers is None or devices[name] >= SATURATED or devices[name] >= workers:

@@ -3,15 +3,18 @@
 Kernel network code is memory-bound: every CPU-second of server work moves
 `membus_gb_per_cpu_s` GB over the bus (cache misses on socket buffers and
 descriptors, the NIC's DMA of the reply, copies), so an operation moves bytes in
-proportion to its CPU cost. The bus carries `membus_gb_s`, one transfer after
-another: a burst of s CPU-seconds books s x intensity / bandwidth seconds of bus
-time behind the bookings already made, and ends when both its computing and its
-bytes are done. While the cores together ask for less than the bandwidth the
-bookings never queue and nothing changes; past it they queue, bursts stretch,
-and a saturated machine serves at most bandwidth / (bytes per request) requests
-per second whatever its core count: the architectures converge, as Genevès
-reports at 8 cores. The bound is exact (the bus never moves more than its
-bandwidth) and it costs no SimPy event.
+proportion to its CPU cost. The bus carries `membus_gb_s`, shared by the bursts
+that move bytes at the same time. A burst of s CPU-seconds needs b = s x
+intensity / bandwidth seconds of the whole bus; sharing it fairly with the other
+busy cores, its bytes are through after b plus the others' outstanding bus work,
+at most b per other busy core (processor sharing). The burst ends when both its
+computing and its bytes are done. While the cores together ask for less than the
+bandwidth there is no outstanding work and nothing changes; past it every burst
+stretches by k x intensity / bandwidth with k cores busy, and a saturated
+machine serves bandwidth / (bytes per request) requests per second whatever its
+core count: the architectures converge, as Genevès reports at 8 cores. The
+outstanding work is kept as one number (when the bus will have moved every byte
+booked so far), so the bus costs no SimPy event.
 
 With `membus_gb_s = 0` (the default) nothing here is installed and the CPU is
 the plain one, so the numbers are the same as without this module.
@@ -36,10 +39,14 @@ class BusCPU(CPU):
     def _start(self, core, entity, seconds, done):
         now = self.env.now
         self.bus_bytes += seconds * self.bytes_per_cpu_s
+        own = seconds * self.bus_s_per_cpu_s
         free = self.bus_free_at
-        self.bus_free_at = (free if free > now else now) + seconds * self.bus_s_per_cpu_s
-        if self.bus_free_at > now + seconds:
-            seconds = self.bus_free_at - now  # the core stalls until its bytes have moved
+        others = free - now if free > now else 0.0
+        self.bus_free_at = now + others + own
+        sharing = self.cores - len(self.free) - 1  # other busy cores (this one is off the free list)
+        through = own + (others if others < own * sharing else own * sharing)
+        if through > seconds:
+            seconds = through  # the core stalls until its bytes have moved
         return CPU._start(self, core, entity, seconds, done)
 
 
