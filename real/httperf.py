@@ -468,6 +468,15 @@ http {{
 """
 
 
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -484,9 +493,9 @@ class Nginx:
     def start(self, timeout_s: float = 10.0) -> "Nginx":
         if shutil.which(self.nginx) is None:
             raise LoadError(f"{self.nginx} not found; install the Debian package nginx-light")
-        self.prefix = tempfile.mkdtemp(prefix="nginx-")
-        os.makedirs(os.path.join(self.prefix, "tmp"))
         for attempt in range(3):
+            self.prefix = tempfile.mkdtemp(prefix="nginx-")
+            os.makedirs(os.path.join(self.prefix, "tmp"))
             self.port = free_port()
             conf = os.path.join(self.prefix, "nginx.conf")
             # as root, nginx's workers would switch to `nobody`, who may not read a private root
@@ -505,21 +514,25 @@ class Nginx:
                     return self
                 except OSError:
                     time.sleep(0.05)
+            why = _last_line(os.path.join(self.prefix, "stderr.log")) or _last_line(
+                os.path.join(self.prefix, "error.log")) or f"exit status {self.proc.poll()}"
             self.stop()
-        raise LoadError(f"nginx did not start; see {self.prefix}/error.log")
+        raise LoadError(f"nginx did not start: {why}")
 
     def stop(self) -> None:
+        """Stop nginx and remove its configuration directory."""
         if self.proc is not None and self.proc.poll() is None:
             _kill(self.proc)
         self.proc = None
+        if self.prefix:
+            shutil.rmtree(self.prefix, ignore_errors=True)
+            self.prefix = None
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
-        if self.prefix:
-            shutil.rmtree(self.prefix, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- command line
