@@ -14,6 +14,9 @@ SUBCOMMANDS = {
     "serve": ("real.serve", "start a live server of one architecture"),
     "fileset": ("real.fileset", "generate the SPECweb99-style file set on disk"),
     "load": ("real.httperf", "drive a live server with httperf at a set of offered rates"),
+    "calibrate": ("calibration.calibrate", "measure a live server here under httperf and fit a cost profile"),
+    "blackbox": ("calibration.blackbox", "service demands of any live server from its pid and port (utilisation law)"),
+    "validate": ("calibration.validate", "live servers against the simulator: errors per case, report and plots"),
     "capacity": ("sim.capacity", "smallest cores/NICs/memory/... meeting throughput and response targets"),
 }
 

@@ -1,0 +1,332 @@
+"""`simrun calibrate`: measure a live architecture here and write a cost profile.
+
+    simrun calibrate [--arch sped] [--rates 300,600,...] [--duration 10] [--directories 4]
+                     [--out calibration-here.toml] [--quick]
+
+Runs the live server (traced, pinned to core 0) under httperf (core 1) at
+each offered rate, fits every traced operation's cost (fixed + per unit) to
+its CPU-sampled calls, gives the CPU the traces do not see (interpreter work
+between calls, softirq time on the server's core) to the operations by
+regression on the runs' counts (calibration/fit.py), measures what no trace
+shows (kernel context switch, thread hand-off; the disk with --disk), and
+writes a profile in the format of sim/profiles/study-xeon.toml with its
+provenance: kernel, CPU, Python, date, load average, and the fit residuals.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from sim.config import Footprint, Hardware, Profile
+from sim.fileset import FileSet
+from sim.operations import Cost
+from sim.profile import load_profile, write_profile
+from sim.workload import Workload
+
+from . import fit as fitting
+from . import micro
+from .cgroup import CgroupError, cpu_share
+from .measure import (LiveServer, MeasureError, load_average, measure_run, rising_sweep, rss_kb, run_counts, settle,
+                      sweep, utilisation)
+
+# the calibration workload: the study's sessions with short think times, so one httperf on one core
+# offers enough load to saturate a Python server (the study's 3 s between bursts would need
+# thousands of open connections per hundred requests/s)
+THINK_WITHIN_S = 0.02
+THINK_BETWEEN_S = 0.2
+CPU_FRACTION = 0.15
+# operations no live trace here measures: taken from this bundled profile, and said so in the provenance
+FALLBACK_PROFILE = "study-xeon"
+EVENT_OPS = ("epoll_wait", "poll", "select")
+# the most a CPU sample may overstate its call by: a few cold clock_gettime system calls
+MAX_SAMPLE_OVERSTATEMENT_S = 5e-6
+MIN_UTILISATION = 0.6
+
+
+class CalibrationError(Exception):
+    pass
+
+
+def workload_for(directories: int, think_within=THINK_WITHIN_S, think_between=THINK_BETWEEN_S) -> Workload:
+    return Workload(fileset=FileSet(directories=directories), think_within_burst_s=think_within,
+                    think_between_bursts_s=think_between)
+
+
+def machine() -> dict:
+    """What the profile was measured on."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_mb = 0.0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_mb = float(line.split()[1]) / 1024
+    return {"host": platform.node(), "kernel": platform.release(), "cpu_model": cpu, "cpus": os.cpu_count(),
+            "memory_mb": round(mem_mb), "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()}
+
+
+@dataclass
+class Calibration:
+    profile: Profile
+    provenance: dict
+    runs: list = field(default_factory=list)
+    fits: dict = field(default_factory=dict)
+    unseen: object = None
+
+
+def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprint: Footprint, name: str,
+                  description: str, event_op: str, softirq: bool = False) -> tuple[Profile, dict]:
+    """Costs from the fits, the unseen CPU spread over its operations, the rest measured or fallen back.
+
+    Without `softirq`, the kernel's network work outside the process (net_tx, net_conn) is zero: it
+    was not measured into the costs (on a shared core it cannot be told apart from other loads,
+    and a CPU quota does not charge it to the server)."""
+    fallback = load_profile(FALLBACK_PROFILE)
+    costs: dict[str, Cost] = {op: Cost(f.fixed, f.per_unit) for op, f in fits.items()}
+    if not softirq:
+        costs.update(net_tx=Cost(), net_conn=Cost())
+    # the event mechanism actually traced stands for the others' call overhead
+    for op in EVENT_OPS:
+        if op not in costs and event_op in costs:
+            costs[op] = Cost(costs[event_op].fixed, fallback.cost(op).per_unit)
+    added = {}
+    for reg, (op, part) in fitting.REGRESSORS.items():
+        value = unseen.coef.get(reg, 0.0) if unseen is not None else 0.0
+        targets = EVENT_OPS if op == "event" else tuple(fits) if op == "*" else (op,)
+        for t in targets:
+            c = costs.get(t, Cost())
+            costs[t] = (Cost(max(0.0, c.fixed + value), c.per_unit) if part == "fixed"
+                        else Cost(c.fixed, max(0.0, c.per_unit + value)))
+        added[reg] = value
+    for op, value in extras.items():
+        costs[op] = Cost(value, 0.0)
+    fell_back = []
+    for op, c in fallback.costs.items():
+        if op not in costs:
+            costs[op] = c
+            fell_back.append(op)
+    prof = Profile(name=name, costs=costs, hardware=hardware, footprint=footprint, description=description)
+    return prof, {"unseen_added_us": {k: v * 1e6 for k, v in added.items()}, "from_fallback": fell_back}
+
+
+def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rate: float, duration_s: float,
+                   seed: int = 0, log=print) -> tuple[dict, float]:
+    """One light run and the capacity the utilisation law gives from it (capacity = CPU available /
+    CPU per reply). It underestimates: the CPU per reply falls as the load rises (more requests
+    per wake-up), so it only sets where a rising sweep starts."""
+    r = measure_run(srv.pid, srv.port, workload, rate, duration_s, seed=seed + 1000, host=srv.host,
+                    trace_prefix=srv.trace_prefix, core=srv.core)
+    settle(srv.port, srv.pid)
+    if r["replies"] <= 0 or r["server_cpu_s"] <= 0:
+        raise CalibrationError(f"the probe run at {rate:g} req/s got no replies")
+    capacity = cpu_fraction * r["replies"] / r["server_cpu_s"]
+    log(f"  probe at {rate:.0f} req/s: {1e6 * r['server_cpu_s'] / r['replies']:.1f} us CPU per reply, "
+        f"capacity at least {capacity:.0f} replies/s on {cpu_fraction:g} of the core")
+    return r, capacity
+
+
+def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float, *, seed: int = 0,
+              server_args=(), disk_dir: str | None = None, log=print, name: str = "calibrated-here",
+              cpu_fraction: float = 1.0, cgroup_procs: str | None = None, softirq: bool = False,
+              probe_rps: float = 400.0, max_runs: int = 7, min_util: float = MIN_UTILISATION) -> Calibration:
+    """Measure `arch` at `rates` and fit a profile.
+
+    With rates None: a light probe run, then a rising sweep from the capacity the probe
+    suggests (an underestimate), x1.5 each run, until the server no longer keeps up. The costs are fitted on the runs that kept the
+    server at least `min_util` busy: the costs at high load are the ones that set the peak (at
+    light load every request pays a wake-up from idle, which the models do not separate)."""
+    tracedir = tempfile.mkdtemp(prefix="calib-trace-")
+    try:
+        srv = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
+                         cgroup_procs=cgroup_procs)
+        with srv:
+            time.sleep(0.5)
+            if rates is None:
+                probe, capacity = probe_capacity(srv, workload, cpu_fraction, probe_rps, duration_s, seed, log)
+                runs = [probe] + rising_sweep(srv, workload, capacity, duration_s, growth=1.5, max_runs=max_runs,
+                                              seed=seed, log=log)
+            else:
+                runs = sweep(srv, workload, rates, duration_s, seed=seed, log=log)
+            rates = [r["offered_rps"] for r in runs]
+            footprint_kb = rss_kb(srv.pid)
+    finally:
+        shutil.rmtree(tracedir, ignore_errors=True)
+    all_runs = runs
+    busy = [r for r in runs if utilisation(r, cpu_fraction) >= min_util]
+    runs = busy if len(busy) >= 2 else runs
+    chosen = ", ".join(f"{r['offered_rps']:g}" for r in runs)
+    log(f"  fitting on {len(runs)} of {len(all_runs)} runs ({chosen} req/s; "
+        + (f"the server at least {min_util:.0%} busy)" if runs is busy else "fewer than two busy enough: all)"))
+    traces = [t for r in runs for t in r["trace"]]
+    fits = fitting.fit_operations(traces)
+    if "parse" not in fits:
+        raise CalibrationError(f"the {arch} traces hold no parsed requests: did the load reach the server?")
+    counts = [run_counts(r, softirq) for r in runs]
+    # the process's own unseen CPU is interpreter work per request and per loop pass; per byte and per
+    # connection kernel work outside the process only when the core's softirq time is counted
+    regs = tuple(fitting.REGRESSORS) if softirq else ("calls", "requests", "loops")
+    unseen = fitting.fit_unseen(counts, regs, lower={"calls": -MAX_SAMPLE_OVERSTATEMENT_S})
+    event_op = next((op for op in EVENT_OPS if op in fits), "epoll_wait")
+    extras = {"ctx_switch": micro.ctx_switch_s(), "handoff": micro.handoff_s()}
+    info = machine()
+    hw_extra = micro.disk(disk_dir) if disk_dir else {}
+    # largest single sendfile seen: how much of a reply one call moves (the socket buffer the model needs)
+    big = max((s.units / s.count for t in traces for s in t.ops if s.op == "sendfile" and s.count), default=65536)
+    hardware = Hardware(cores=1, memory_mb=float(info["memory_mb"]), kernel_mb=0.0, nics=1, nic_gbps=40.0,
+                        sndbuf_kb=max(16.0, round(big / 1024.0)), listen_backlog=1024,
+                        **{k: round(v, 4) for k, v in hw_extra.items()})
+    footprint = Footprint(process_kb=round(footprint_kb), kernel_thread_kb=64.0, user_thread_kb=16.0,
+                          connection_kb=8.0)
+    prof, how = build_profile(fits, unseen, extras, hardware, footprint, name,
+                              f"live {arch} on {info['cpu_model']}, one core, loopback; calibrated {info['date']}",
+                              event_op, softirq)
+    replies = sum(r["replies"] for r in runs)
+    cpu = sum(r["server_cpu_s"] for r in runs)
+    softirq_us = 1e6 * sum(r["core_softirq_s"] for r in runs) / replies if replies else 0.0
+    provenance = {
+        **info, "method": f"simrun calibrate: live {arch} traced under httperf, per-call CPU fits + NNLS of "
+                          "unseen CPU (calibration/fit.py)",
+        "architecture": arch, "server_args": " ".join(server_args), "directories": workload.fileset.directories,
+        "think_within_s": workload.think_within_burst_s, "think_between_s": workload.think_between_bursts_s,
+        "rates": [float(r) for r in rates], "duration_s": duration_s,
+        "load_avg": [r["load_avg"] for r in all_runs], "reply_rps": [round(r["reply_rps"], 2) for r in all_runs],
+        "utilisation": [round(utilisation(r, cpu_fraction), 3) for r in all_runs],
+        "fitted_on_rates": [r["offered_rps"] for r in runs], "min_utilisation": min_util,
+        "cpu_per_reply_us": round(1e6 * cpu / replies, 2) if replies else 0.0,
+        "core_softirq_per_reply_us": round(softirq_us, 2), "softirq_in_fit": softirq,
+        "cpu_fraction_during_measurement": cpu_fraction,
+        "fit_rms_us": {op: round(f.rms_s * 1e6, 3) for op, f in fits.items()},
+        "fit_r2": {op: round(f.r2, 4) for op, f in fits.items()},
+        "fit_sampled_calls": {op: f.sampled for op, f in fits.items()},
+        "unseen_rms_rel": round(unseen.rms_rel, 4), "unseen_zero": unseen.zero,
+        "unseen_residual_s": [round(v, 4) for v in unseen.residuals],
+        "measured_us": {k: round(v * 1e6, 3) for k, v in extras.items()},
+        "hardware_measured": {k: round(v, 4) for k, v in hw_extra.items()},
+        "server_rss_kb": round(footprint_kb), **how,
+    }
+    return Calibration(prof, provenance, runs, fits, unseen)
+
+
+def format_fits(cal: Calibration) -> str:
+    lines = [f"{'operation':<11} {'unit':<6} {'fixed us':>9} {'per unit us':>12} {'calls':>8} {'sampled':>8} "
+             f"{'rms us':>8} {'r2':>6}"]
+    for op, f in cal.fits.items():
+        lines.append(f"{op:<11} {f.unit:<6} {f.fixed * 1e6:>9.3f} {f.per_unit * 1e6:>12.6f} {f.calls:>8d} "
+                     f"{f.sampled:>8d} {f.rms_s * 1e6:>8.2f} {f.r2:>6.3f}")
+    u = cal.unseen
+    lines.append("unseen CPU per count (us): " + ", ".join(f"{k} {v * 1e6:.4g}" for k, v in u.coef.items())
+                 + f"; residual rms {100 * u.rms_rel:.1f}% of the mean over {u.runs} runs")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CalibrationError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="simrun calibrate", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sped", help="live architecture to calibrate on (default sped)")
+    p.add_argument("--server-args", default="", help="extra flags for simrun serve, e.g. \"--max-conns 4000\"")
+    p.add_argument("--rates", help="offered request rates (default: 0.3 to 1.5 times the capacity a light probe "
+                                   "run predicts)")
+    p.add_argument("--cpu-fraction", type=float, default=CPU_FRACTION,
+                   help=f"share of core 0 the server may use, by a CFS quota (default {CPU_FRACTION}: a whole "
+                        "core answers faster than one httperf can ask); the profile's costs are the core's own")
+    p.add_argument("--softirq", action="store_true",
+                   help="give the core's softirq time to the operations too (only on an otherwise idle machine)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (default 10)")
+    p.add_argument("--directories", type=int, default=4, help="file-set directories (default 4, ~20 MB)")
+    p.add_argument("--root", help="an existing generated file set (else one is generated in a temporary folder)")
+    p.add_argument("--disk", action="store_true", help="also measure the disk under the file set (O_DIRECT)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="calibrated-here", help="the profile's name")
+    p.add_argument("--out", default="calibrated-here.toml", help="profile file to write (default calibrated-here.toml)")
+    p.add_argument("--quick", action="store_true", help="three rates, 5 s each")
+    return p
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CalibrationError(f"--rates must be numbers separated by commas, got {text!r}") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise CalibrationError(f"--rates must be positive, got {text!r}")
+    return rates
+
+
+def prepare_root(root: str | None, directories: int, workdir: str) -> str:
+    from real.fileset import FileSetError, check, generate
+    if root:
+        try:
+            check(root)
+        except FileSetError as e:
+            raise CalibrationError(str(e)) from None
+        return root
+    path = os.path.join(workdir, "files")
+    generate(path, FileSet(directories=directories), seed=1)
+    return path
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    workdir = None
+    try:
+        args = parser().parse_args(argv)
+        rates = parse_rates(args.rates) if args.rates else None
+        duration = 5.0 if args.quick and args.duration == 10.0 else args.duration
+        if not duration > 0 or args.directories < 1:
+            raise CalibrationError("--duration and --directories must be positive")
+        out = os.path.abspath(args.out)
+        if not os.path.isdir(os.path.dirname(out)):
+            raise CalibrationError(f"--out: directory {os.path.dirname(out)} does not exist")
+        workdir = tempfile.mkdtemp(prefix="calibrate-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+        root = prepare_root(args.root, args.directories, workdir)
+        directories = args.directories
+        if args.root:
+            from real.fileset import check
+            directories = check(args.root)["directories"]
+        wl = workload_for(directories)
+        print(f"# calibrating {args.arch} at {', '.join(f'{r:g}' for r in rates) if rates else 'automatic'} req/s, "
+              f"{duration:g} s each, {args.cpu_fraction:g} of core 0; "
+              f"load average {load_average():.1f}", flush=True)
+        group = cpu_share(args.cpu_fraction) if args.cpu_fraction < 1.0 else None
+        try:
+            cal = calibrate(args.arch, root, wl, rates, duration, seed=args.seed, server_args=args.server_args.split(),
+                            disk_dir=root if args.disk else None, name=args.name, log=lambda s: print(s, flush=True),
+                            cpu_fraction=args.cpu_fraction, cgroup_procs=group.procs if group else None,
+                            softirq=args.softirq, max_runs=4 if args.quick else 7)
+        finally:
+            if group:
+                group.close()
+        print(format_fits(cal))
+        write_profile(cal.profile, out, cal.provenance)
+        print(f"wrote {out}")
+    except (CalibrationError, MeasureError, CgroupError) as e:
+        print(f"simrun calibrate: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

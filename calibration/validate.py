@@ -1,0 +1,604 @@
+"""`simrun validate`: live servers against the simulator on the same workload and offered rates.
+
+    simrun validate [--out DIR] [--quick] [--profile FILE] [--cases sped-cpu,symped-2p,...]
+
+First a profile is calibrated on one configuration (live `sped`, traced, on a
+fixed share of core 0; or `--profile` gives one). Then every case runs live
+(untraced, server on core 0, httperf on core 1) and in the simulator with that
+profile, unchanged, at the same offered rates:
+
+  sped-cpu        the calibration's own configuration (in sample)
+  symped-2p       two event-loop processes sharing the core             (held out)
+  threaded-gil    a kernel thread per connection, CPython's lock on     (held out)
+  nic-tbf         sped behind a veth link shaped by tbf, a whole core   (held out)
+  disk-cgroup     sped in a memory cgroup smaller than the file set,
+                  page cache dropped first, a whole core                (held out)
+  nginx-blackbox  nginx, known only by pid and port: its demand from
+                  /proc CPU time and reply rate (utilisation law), a
+                  saturation rate predicted from it and checked against
+                  a measured sweep; the symped model run on that demand
+
+The CPU cases run the server on a fraction of core 0 (a CFS quota, see
+calibration/cgroup.py): a whole core answers faster than one httperf can ask.
+Each case's rates are fractions of the saturation rate the simulator's
+analytic twin predicts (so they are chosen before any live run of the case).
+
+Written to DIR (atomically, each file): report.md (per rate: measured and
+predicted reply rate, Mbps, mean response time, the simulator's p90 (httperf
+reports no percentiles), errors; per case: peak-throughput error, mean
+absolute percentage error of the reply-rate curve, saturation rates and a
+verdict), validation.json, one PNG per case, the profile and each case's
+scenario. Targets: |peak error| <= 5 % and MAPE <= 10 % per held-out case,
+the black-box saturation rate within 10 %.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from sim.profile import load_profile, write_profile
+from sim.scenario import ScenarioError, load_scenario
+
+from . import blackbox, micro
+from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
+                        workload_for)
+from .cgroup import CgroupError, cpu_share, drop_caches, memory_limit, scaled_profile
+from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, settle, sustained, sweep,
+                      utilisation)
+from .netns import NetnsError, ShapedLink, goodput_gbps
+
+PEAK_TARGET_PCT, MAPE_TARGET_PCT, BLACKBOX_TARGET_PCT = 5.0, 10.0, 10.0
+LIVE_COMMON = ["--max-conns", "2000", "--accept-limit", "100"]
+MODEL_COMMON = {"max_conns": 2000, "accept_limit": 100, "event_mechanism": "epoll"}
+
+
+@dataclass
+class Case:
+    name: str
+    arch: str                      # live architecture (or "nginx")
+    live_args: list[str]
+    model: str                     # simulator architecture
+    knobs: dict
+    setting: str                   # cpu | nic | disk | blackbox
+    held_out: bool = True
+    note: str = ""
+
+
+def all_cases(threads: int = 256) -> list[Case]:
+    return [
+        Case("sped-cpu", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "cpu", held_out=False,
+             note="the calibration's configuration"),
+        Case("symped-2p", "symped", ["--processes", "2"] + LIVE_COMMON, "symped",
+             {**MODEL_COMMON, "processes": 2, "shared_cache": False}, "cpu"),
+        Case("threaded-gil", "threaded", ["--threads", str(threads)], "threaded",
+             {"threads": threads, "max_conns": threads, "gil": True}, "cpu"),
+        Case("nic-tbf", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "nic"),
+        Case("disk-cgroup", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "disk"),
+        Case("nginx-blackbox", "nginx", [], "symped",
+             {"processes": 1, "max_conns": 20000, "event_mechanism": "epoll", "shared_cache": False}, "blackbox"),
+    ]
+
+
+QUICK_CASES = ("symped-2p", "nginx-blackbox")
+
+
+@dataclass
+class Settings:
+    out: str
+    quick: bool = False
+    cpu_fraction: float = CPU_FRACTION
+    directories: int = 4
+    duration_s: float = 15.0
+    fractions: tuple = (0.4, 0.7, 0.9, 1.1, 1.4)
+    link_mbit: float = 50.0
+    disk_directories: int = 40
+    memory_limit_mb: float = 96.0
+    sim_warmup_s: float = 5.0
+    sim_duration_s: float = 10.0
+    jobs: int = 2
+    seed: int = 0
+    log: object = print
+    workdir: str = ""
+
+
+# ---------------------------------------------------------------- the simulator's side
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_scenario(path: str, name: str, profile_path: str, hardware: dict, workload, rates, case: Case,
+                   st: Settings) -> str:
+    """The case as a scenario file (kept beside the report: `simrun` runs it again)."""
+    wl = {"directories": workload.fileset.directories, "think_within_burst_s": workload.think_within_burst_s,
+          "think_between_bursts_s": workload.think_between_bursts_s}
+    lines = ["# written by simrun validate", "[scenario]", f"name = {_toml_value(name)}",
+             f"profile = {_toml_value(os.path.basename(profile_path))}", "", "[hardware]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in hardware.items()]
+    lines += ["", "[workload]"] + [f"{k} = {_toml_value(v)}" for k, v in wl.items()]
+    lines += ["", "[run]", f"rates = {_toml_value([float(r) for r in rates])}", f"warmup_s = {st.sim_warmup_s!r}",
+              f"duration_s = {st.sim_duration_s!r}", "replications = 2", "max_replications = 3",
+              "ci_target_pct = 5.0", f"seed = {st.seed + 1}", "", "[[server]]", f"label = {_toml_value(case.name)}",
+              f"architecture = {_toml_value(case.model)}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in case.knobs.items()]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def case_scenario(case: Case, profile, hardware: dict, workload, rates, st: Settings, provenance: dict):
+    """Write the case's profile and scenario into the output folder and load it back."""
+    d = os.path.join(st.out, case.name)
+    os.makedirs(d, exist_ok=True)
+    ppath = os.path.join(d, "profile.toml")
+    write_profile(profile, ppath, {**dict(profile.provenance or {}), **provenance})
+    spath = write_scenario(os.path.join(d, "scenario.toml"), case.name, ppath, hardware, workload,
+                           rates or [100.0], case, st)
+    return load_scenario(spath), spath
+
+
+def twin_rates(scenario, st: Settings) -> tuple[list[float], dict]:
+    """Offered rates at fixed fractions of the analytic twin's saturation rate."""
+    from sim.twin import bounds
+    b = bounds(scenario, scenario.servers[0])
+    sat = min(b.values())
+    return [float(round(sat * f, -1)) for f in st.fractions], {k: round(v, 1) for k, v in b.items()}
+
+
+def simulate(scenario, st: Settings) -> list[dict]:
+    from sim.runner import run_scenario
+    res = run_scenario(scenario, jobs=st.jobs, progress=False)
+    out = []
+    for p in res:
+        row = {"offered_rps": p.offered_rps, "replications": p.replications}
+        for k in ("reply_rps", "throughput_mbps", "response_ms_mean", "response_ms_p90", "errors_pct",
+                  "cpu_util", "nic_util", "disk_util", "cache_hit_pct"):
+            if k in p.metrics:
+                row[k] = p.metrics[k].mean
+                row[k + "_ci"] = p.metrics[k].halfwidth
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------- comparison
+
+def saturation_rate(rows: list[dict], offered_key: str = "offered_rps", kept: float = 0.9) -> float | None:
+    """The first offered rate whose reply rate falls below `kept` of it (None: never within the sweep)."""
+    for r in sorted(rows, key=lambda r: r[offered_key]):
+        if r["reply_rps"] < kept * r.get("offered_window_rps", r[offered_key]):
+            return r[offered_key]
+    return None
+
+
+def compare(live: list[dict], sim: list[dict]) -> dict:
+    """Peak-throughput error and MAPE of the reply-rate curve (simulated against measured)."""
+    pairs = [(l, s) for l, s in zip(live, sim) if l["reply_rps"] > 0]
+    if not pairs:
+        return {"peak_error_pct": math.nan, "mape_pct": math.nan}
+    live_peak = max(l["reply_rps"] for l in live)
+    sim_peak = max(s["reply_rps"] for s in sim)
+    ape = [100 * abs(s["reply_rps"] - l["reply_rps"]) / l["reply_rps"] for l, s in pairs]
+    mbps = [100 * abs(s["throughput_mbps"] - l["throughput_mbps"]) / l["throughput_mbps"]
+            for l, s in pairs if l["throughput_mbps"] > 0]
+    resp = [100 * abs(s["response_ms_mean"] - l["response_ms_mean"]) / l["response_ms_mean"]
+            for l, s in pairs if l["response_ms_mean"] > 0 and not math.isnan(s["response_ms_mean"])]
+    return {"live_peak_rps": live_peak, "sim_peak_rps": sim_peak,
+            "peak_error_pct": 100 * (sim_peak - live_peak) / live_peak,
+            "mape_pct": sum(ape) / len(ape),
+            "mbps_mape_pct": sum(mbps) / len(mbps) if mbps else math.nan,
+            "response_mape_pct": sum(resp) / len(resp) if resp else math.nan,
+            "live_saturation_rps": saturation_rate(live), "sim_saturation_rps": saturation_rate(sim)}
+
+
+def verdict(c: dict, held_out: bool) -> str:
+    ok = abs(c["peak_error_pct"]) <= PEAK_TARGET_PCT and c["mape_pct"] <= MAPE_TARGET_PCT
+    if "blackbox_error_pct" in c:
+        ok = ok and abs(c["blackbox_error_pct"]) <= BLACKBOX_TARGET_PCT
+    return ("pass" if ok else "miss") + ("" if held_out else " (in sample)")
+
+
+# ---------------------------------------------------------------- the live side of each case
+
+def live_hardware(profile_hw) -> dict:
+    return {"cores": 1, "memory_mb": profile_hw.memory_mb, "kernel_mb": 0.0, "nics": 1,
+            "nic_gbps": profile_hw.nic_gbps, "sndbuf_kb": profile_hw.sndbuf_kb}
+
+
+def run_python_case(case: Case, base_profile, root: str, workload, st: Settings) -> dict:
+    """One case of a live Python server: its set-up, the simulator's rates, the live sweep, the simulation."""
+    log = st.log
+    hw = live_hardware(base_profile.hardware)
+    profile, group, link, extra = base_profile, None, None, {}
+    server_kw = {}
+    try:
+        if case.setting == "cpu":
+            profile = scaled_profile(base_profile, st.cpu_fraction)
+            group = cpu_share(st.cpu_fraction)
+            server_kw["cgroup_procs"] = group.procs
+            extra["cpu_fraction"] = st.cpu_fraction
+        elif case.setting == "nic":
+            link = ShapedLink(st.link_mbit)
+            hw["nic_gbps"] = round(goodput_gbps(st.link_mbit), 6)
+            server_kw.update(wrap=link.server_wrap, host=link.server_addr)
+            extra.update(link_mbit=st.link_mbit, nic_goodput_gbps=hw["nic_gbps"])
+        elif case.setting == "disk":
+            root = prepare_root(None, st.disk_directories, os.path.join(st.workdir, "disk"))
+            workload = workload_for(st.disk_directories)
+            disk = micro.disk(root)
+            log(f"  disk under the file set: {disk['disk_seek_ms']:.3f} ms per positioned read, "
+                f"{disk['disk_mb_s']:.0f} MB/s (O_DIRECT)")
+            hw.update({k: round(v, 4) for k, v in disk.items()})
+            group = memory_limit(st.memory_limit_mb)
+            server_kw["cgroup_procs"] = group.procs
+            extra.update(memory_limit_mb=st.memory_limit_mb, disk_directories=st.disk_directories,
+                         fileset_mb=round(workload.fileset.total_bytes / 2**20, 1), **disk)
+        srv = LiveServer(case.arch, root, list(case.live_args), **server_kw)
+        if case.setting == "disk":
+            drop_caches()
+        with srv:
+            time.sleep(0.5)
+            if case.setting == "disk":
+                fp = rss_kb(srv.pid)
+                hw.update(memory_mb=st.memory_limit_mb, kernel_mb=0.0)
+                extra["server_rss_kb"] = fp
+                profile = dataclasses.replace(profile, footprint=dataclasses.replace(profile.footprint,
+                                                                                     process_kb=float(round(fp))))
+            scen, _ = case_scenario(case, profile, hw, workload, None, st, {"case": case.name, **extra})
+            rates, bounds = twin_rates(scen, st)
+            log(f"  {case.name}: twin bounds {bounds}; rates {rates}")
+            scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
+            live = sweep(srv, workload, rates, st.duration_s, seed=st.seed,
+                         httperf=link.httperf if link else "httperf", log=log)
+            if case.setting == "disk" and group is not None:
+                extra["cgroup_memory_max_mb"] = round(int(group.read("memory.max_usage_in_bytes")) / 2**20, 1)
+            if link is not None:
+                extra["qdisc"] = link.qdisc_stats()
+    finally:
+        if link is not None:
+            link.close()
+        if group is not None:
+            group.close()
+    sim = simulate(scen, st)
+    return {"live": live, "sim": sim, "twin_bounds": bounds, "rates": rates, "scenario": os.path.relpath(spath, st.out),
+            "setting": extra}
+
+
+def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
+    """nginx as a black box: demand from light runs, predicted saturation, a measured sweep, the model."""
+    from real.httperf import Nginx
+    log = st.log
+    group = cpu_share(st.cpu_fraction)
+    try:
+        with Nginx(root, cpu=0) as ng:
+            for p in process_tree(ng.proc.pid):
+                with open(group.procs, "w") as f:
+                    f.write(str(p))
+            pid, port = ng.proc.pid, ng.port
+            # the demand by the utilisation law, from a run below saturation. The CPU per reply falls as
+            # the load rises (more events per wake-up), so the runs rise (x1.3 from 0.6 of what a light
+            # run suggests) until one keeps the server at least 60 % busy, and its demand is used
+            probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
+            rate = 0.6 * blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
+            for i in range(3 if st.quick else 6):
+                if utilisation(probe[-1], st.cpu_fraction) >= 0.6 or not sustained(probe[-1]):
+                    break
+                probe += blackbox.measure(pid, port, workload, [float(round(rate, -1))], st.duration_s,
+                                          seed=st.seed + 501 + i, log=log)
+                rate *= 1.3
+            used = [r for r in probe if sustained(r)] or probe
+            d = blackbox.demands_of(used[-1:])
+            predicted = d.saturation(st.cpu_fraction)["cpu"]
+            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply at {used[-1]['offered_rps']:g} req/s "
+                f"({utilisation(used[-1], st.cpu_fraction):.0%} busy), {d.reply_bytes:.0f} B per reply -> "
+                f"predicted saturation {predicted:.0f} replies/s on {st.cpu_fraction:g} of the core")
+            rates = [float(round(predicted * f, -1)) for f in st.fractions]
+            obj = _Handle("nginx", pid, port)
+            live = sweep(obj, workload, rates, st.duration_s, seed=st.seed, log=log)
+    finally:
+        group.close()
+    hw = {"cores": 1, "memory_mb": 24000.0, "kernel_mb": 0.0, "nics": 1, "nic_gbps": 40.0}
+    from sim.config import Hardware
+    prof = scaled_profile(blackbox.profile_of(d, "nginx-blackbox", Hardware(**hw)), st.cpu_fraction)
+    scen, spath = case_scenario(case, prof, hw, workload, rates, st,
+                                {"case": case.name, "cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
+                                 "cpu_fraction": st.cpu_fraction})
+    sim = simulate(scen, st)
+    return {"live": live, "sim": sim, "rates": rates, "scenario": os.path.relpath(spath, st.out),
+            "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
+                         "disk_bytes_per_reply": d.disk_bytes, "predicted_saturation_rps": predicted,
+                         "probe": [{"offered_rps": r["offered_rps"], "reply_rps": r["reply_rps"],
+                                    "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
+                                    "utilisation": utilisation(r, st.cpu_fraction),
+                                    "load_avg": r["load_avg"]} for r in probe]},
+            "setting": {"cpu_fraction": st.cpu_fraction}}
+
+
+@dataclass
+class _Handle:
+    """A server known by pid and port only, for `sweep`."""
+
+    arch: str
+    pid: int
+    port: int
+    host: str = "127.0.0.1"
+    trace_prefix: str | None = None
+    core: int = 0
+
+    def alive(self) -> bool:
+        return os.path.exists(f"/proc/{self.pid}")
+
+
+# ---------------------------------------------------------------- report
+
+LIVE_KEYS = ("offered_rps", "offered_window_rps", "reply_rps", "throughput_mbps", "response_ms_mean", "errors_pct",
+             "server_cpu_pct", "load_avg", "reply_rps_basis")
+SIM_KEYS = ("reply_rps", "reply_rps_ci", "throughput_mbps", "response_ms_mean", "response_ms_p90", "errors_pct",
+            "cpu_util", "nic_util", "disk_util", "cache_hit_pct")
+
+
+def summarize_case(case: Case, res: dict) -> dict:
+    live = [{k: r.get(k) for k in LIVE_KEYS} for r in res["live"]]
+    sim = [{k: s.get(k) for k in SIM_KEYS} | {"offered_rps": s["offered_rps"]} for s in res["sim"]]
+    c = compare(live, sim)
+    out = {"case": case.name, "architecture": case.arch, "model": case.model, "knobs": case.knobs,
+           "held_out": case.held_out, "setting": res.get("setting", {}), "note": case.note, **c}
+    if "blackbox" in res:
+        b = res["blackbox"]
+        out["blackbox"] = b
+        out["blackbox_error_pct"] = 100 * (b["predicted_saturation_rps"] - c["live_peak_rps"]) / c["live_peak_rps"]
+    out["verdict"] = verdict(out, case.held_out)
+    out["rates"] = [{"live": l, "sim": s} for l, s in zip(live, sim)]
+    out["scenario"] = res.get("scenario")
+    out["twin_bounds"] = res.get("twin_bounds")
+    return out
+
+
+def _f(v, fmt="{:.1f}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return fmt.format(v)
+
+
+def report_md(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"# Validation: live servers against the simulator", "",
+             f"Run {m['date']} on {m['host']}: {m['cpu_model']}, {m['cpus']} cores, {m['memory_mb']} MB, "
+             f"Linux {m['kernel']}, Python {m['python']}. Command: `{doc['command']}`.", "",
+             f"Profile: `{doc['profile_file']}` ({doc['profile_note']}). Workload: {doc['workload']}. "
+             f"Each live rate: {doc['settings']['duration_s']:g} s of session arrivals, reply rate from httperf's "
+             "5 s samples after the first; server on core 0, httperf on core 1. The machine is shared: the "
+             "1-minute load average is given with each run.", "",
+             "httperf reports no response-time percentiles, so the p90 column is the simulator's alone.", "",
+             "## Summary", "",
+             "| case | held out | live peak /s | sim peak /s | peak error % | MAPE % | Mbps MAPE % | live sat. /s "
+             "| sim sat. /s | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in doc["cases"]:
+        lines.append(f"| {c['case']} | {'yes' if c['held_out'] else 'no'} | {_f(c.get('live_peak_rps'))} | "
+                     f"{_f(c.get('sim_peak_rps'))} | {_f(c['peak_error_pct'], '{:+.1f}')} | {_f(c['mape_pct'])} | "
+                     f"{_f(c.get('mbps_mape_pct'))} | {_f(c.get('live_saturation_rps'), '{:.0f}')} | "
+                     f"{_f(c.get('sim_saturation_rps'), '{:.0f}')} | {c['verdict']} |")
+    for c in doc["cases"]:
+        if "blackbox" in c:
+            b = c["blackbox"]
+            lines += ["", f"nginx black box: {b['cpu_us_per_reply']:.1f} us CPU per reply (utilisation law), "
+                          f"predicted saturation {b['predicted_saturation_rps']:.0f} replies/s, measured peak "
+                          f"{c['live_peak_rps']:.0f} replies/s: error {c['blackbox_error_pct']:+.1f} % "
+                          f"(target 10 %)."]
+    for c in doc["cases"]:
+        lines += ["", f"## {c['case']}", "", f"Live `{c['architecture']}`, model `{c['model']}` {c['knobs']}; "
+                  f"setting {c['setting']}. Scenario: `{c['scenario']}`. Plot: `{c['case']}.png`.", "",
+                  "| offered /s | live reply /s | sim reply /s | live Mbps | sim Mbps | live resp ms | sim resp ms "
+                  "| sim p90 ms | live err % | sim err % | server CPU % | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in c["rates"]:
+            l, s = r["live"], r["sim"]
+            lines.append(f"| {l['offered_rps']:.0f} | {_f(l['reply_rps'])} | {_f(s['reply_rps'])} | "
+                         f"{_f(l['throughput_mbps'])} | {_f(s['throughput_mbps'])} | {_f(l['response_ms_mean'])} | "
+                         f"{_f(s['response_ms_mean'])} | {_f(s['response_ms_p90'])} | {_f(l['errors_pct'], '{:.2f}')} | "
+                         f"{_f(s['errors_pct'], '{:.2f}')} | {_f(l['server_cpu_pct'], '{:.0f}')} | "
+                         f"{_f(l['load_avg'])} |")
+    if doc.get("calibration"):
+        lines += ["", "## Calibration", "", "```", doc["calibration"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_case(c: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    off = [r["live"]["offered_rps"] for r in c["rates"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(off, [r["live"]["reply_rps"] for r in c["rates"]], "o-", label="measured")
+    a.errorbar(off, [r["sim"]["reply_rps"] for r in c["rates"]],
+               yerr=[r["sim"].get("reply_rps_ci") or 0 for r in c["rates"]], fmt="s--", label="simulated")
+    a.plot(off, off, ":", color="grey", label="offered")
+    a.set_xlabel("offered requests/s")
+    a.set_ylabel("replies/s")
+    a.set_title(f"{c['case']}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} %")
+    a.legend()
+    b.plot(off, [r["live"]["response_ms_mean"] for r in c["rates"]], "o-", label="measured mean")
+    b.plot(off, [r["sim"]["response_ms_mean"] for r in c["rates"]], "s--", label="simulated mean")
+    b.plot(off, [r["sim"]["response_ms_p90"] for r in c["rates"]], "^:", label="simulated p90")
+    b.set_xlabel("offered requests/s")
+    b.set_ylabel("response time, ms")
+    b.set_yscale("log")
+    b.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, doc) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return str(v)
+
+
+def _clean(v):
+    """NaN and infinities as null, so validation.json is strict JSON."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# ---------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CalibrationError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="simrun validate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="validation", help="output folder (default validation/)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a few minutes: cases {', '.join(QUICK_CASES)}, 2 directories, 3 rates of 8 s")
+    p.add_argument("--cases", help="comma-separated cases (default all): " + ", ".join(c.name for c in all_cases()))
+    p.add_argument("--profile", help="use this profile instead of calibrating (then no calibration is run)")
+    p.add_argument("--cpu-fraction", type=float, default=CPU_FRACTION,
+                   help=f"share of core 0 for the CPU cases (default {CPU_FRACTION})")
+    p.add_argument("--duration", type=float, help="seconds of arrivals per live rate (default 15, quick 8)")
+    p.add_argument("--directories", type=int, default=4, help="file-set directories for the CPU and NIC cases")
+    p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
+    p.add_argument("--memory-mb", type=float, default=96.0, help="memory cgroup limit of the disk case (default 96)")
+    p.add_argument("--disk-directories", type=int, default=40, help="file set of the disk case (default 40, ~200 MB)")
+    p.add_argument("--jobs", type=int, default=2, help="simulator processes (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    workdir = None
+    try:
+        args = parser().parse_args(argv)
+        known = {c.name: c for c in all_cases()}
+        names = ([x.strip() for x in args.cases.split(",") if x.strip()] if args.cases
+                 else list(QUICK_CASES if args.quick else known))
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise CalibrationError(f"unknown case {bad[0]!r}; known: {', '.join(known)}")
+        if not 0.01 <= args.cpu_fraction <= 1.0:
+            raise CalibrationError(f"--cpu-fraction must be in 0.01..1, got {args.cpu_fraction}")
+        if args.directories < 1 or args.disk_directories < 1 or args.jobs < 1:
+            raise CalibrationError("--directories, --disk-directories and --jobs must be at least 1")
+        out = os.path.abspath(args.out)
+        if not os.path.isdir(os.path.dirname(out)):
+            raise CalibrationError(f"--out: parent folder {os.path.dirname(out)} does not exist")
+        os.makedirs(out, exist_ok=True)
+        workdir = tempfile.mkdtemp(prefix="validate-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+        st = Settings(out=out, quick=args.quick, cpu_fraction=args.cpu_fraction,
+                      directories=2 if args.quick and args.directories == 4 else args.directories,
+                      duration_s=args.duration or (8.0 if args.quick else 15.0),
+                      fractions=(0.5, 0.9, 1.3) if args.quick else (0.4, 0.7, 0.9, 1.1, 1.4),
+                      link_mbit=args.link_mbit, disk_directories=args.disk_directories, memory_limit_mb=args.memory_mb,
+                      sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
+                      jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir)
+        if not st.duration_s > 0:
+            raise CalibrationError("--duration must be positive")
+        log = st.log
+        info = machine()
+        log(f"# simrun validate: {', '.join(names)}; load average {load_average():.1f}; {info['date']}")
+        root = prepare_root(None, st.directories, os.path.join(workdir, "cpu"))
+        workload = workload_for(st.directories)
+        calib_text = ""
+        if args.profile:
+            try:
+                base = load_profile(args.profile)
+            except ScenarioError as e:
+                raise CalibrationError(str(e)) from None
+            profile_file, note = args.profile, "given with --profile"
+        else:
+            group = cpu_share(st.cpu_fraction)
+            try:
+                log(f"# calibrating on live sped with {st.cpu_fraction:g} of core 0")
+                cal = calibrate("sped", root, workload, None, 5.0 if args.quick else 10.0, seed=st.seed,
+                                server_args=LIVE_COMMON, name="calibrated-here", log=log,
+                                cpu_fraction=st.cpu_fraction, cgroup_procs=group.procs,
+                                max_runs=4 if args.quick else 7)
+            finally:
+                group.close()
+            calib_text = format_fits(cal)
+            log(calib_text)
+            profile_file = os.path.join(out, "calibrated-here.toml")
+            write_profile(cal.profile, profile_file, cal.provenance)
+            base = load_profile(profile_file)
+            profile_file, note = os.path.relpath(profile_file, out), "calibrated in this run on live sped"
+        results = []
+        for n in names:
+            case = known[n]
+            log(f"# case {n}")
+            try:
+                if case.setting == "blackbox":
+                    res = run_nginx_case(case, root, workload, st)
+                else:
+                    res = run_python_case(case, base, root, workload, st)
+            except (MeasureError, NetnsError, CgroupError, blackbox.BlackboxError) as e:
+                log(f"  {n}: could not run: {e}")
+                results.append({"case": n, "held_out": case.held_out, "peak_error_pct": None, "mape_pct": None,
+                                "verdict": f"not run: {e}", "rates": [], "setting": {}, "architecture": case.arch,
+                                "model": case.model, "knobs": case.knobs, "scenario": None})
+                continue
+            c = summarize_case(case, res)
+            plot_case(c, os.path.join(out, f"{n}.png"))
+            log(f"  {n}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} % -> {c['verdict']}")
+            results.append(c)
+        doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,
+                      "profile_note": note, "load_avg_end": load_average(),
+                      "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
+                                  f"and {workload.think_between_bursts_s:g} s between bursts, "
+                                  f"{workload.session_requests_min}-{workload.session_requests_max} requests/session",
+                      "settings": {"duration_s": st.duration_s, "cpu_fraction": st.cpu_fraction,
+                                   "fractions": list(st.fractions), "link_mbit": st.link_mbit,
+                                   "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
+                                   "sim_duration_s": st.sim_duration_s, "quick": st.quick},
+                      "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
+                                  "blackbox_error_pct": BLACKBOX_TARGET_PCT},
+                      "calibration": calib_text, "cases": results})
+        ran = [c for c in results if c.get("rates")]
+        with open(os.path.join(out, "report.md.tmp"), "w", encoding="utf-8") as f:
+            f.write(report_md({**doc, "cases": ran}))
+        os.replace(os.path.join(out, "report.md.tmp"), os.path.join(out, "report.md"))
+        _atomic_json(os.path.join(out, "validation.json"), doc)
+        log(f"wrote {out}/report.md and validation.json")
+    except (CalibrationError, MeasureError, CgroupError, NetnsError, ScenarioError) as e:
+        print(f"simrun validate: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

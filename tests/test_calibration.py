@@ -1,0 +1,176 @@
+"""Calibration: the fits recover known costs from synthetic traces; black-box demands; the report's
+arithmetic; and a quick live validation (sped calibrated, held-out symped and nginx black box)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from calibration import fit
+from calibration.blackbox import demands_of, profile_of
+from calibration.cgroup import scaled_profile
+from calibration.netns import goodput_gbps
+from calibration.validate import compare, saturation_rate, verdict
+from real.trace import OpStats, Trace, read_trace
+from sim.config import Hardware
+from sim.profile import load_profile, write_profile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synthetic_trace(costs: dict, n: int, rng, bias: float = 1e-6, noise: float = 2e-6, units=None) -> Trace:
+    """A trace whose sampled calls cost fixed + per_unit * units + bias + noise, bucketed like real/trace.py."""
+    tr = Trace("synthetic", {"cpu_bias": repr(bias), "wall_bias": "0.0"}, {"start": (0, 0, 0), "last": (1, 1, 0)}, [])
+    for op, (fixed, per_unit, unit) in costs.items():
+        u = units[op](n) if units and op in units else np.ones(n)
+        y = fixed + per_unit * u + bias + rng.normal(0.0, noise, n)
+        buckets = np.frexp(u)[1]
+        for b in np.unique(buckets):
+            m = buckets == b
+            uu, yy = u[m], y[m]
+            tr.ops.append(OpStats("loop", op, unit, int(b), count=int(m.sum() * 8), units=float(uu.sum() * 8),
+                                  cpu_count=int(m.sum()), cpu_units=float(uu.sum()), cpu_units2=float((uu * uu).sum()),
+                                  cpu=float(yy.sum()), cpu2=float((yy * yy).sum()), units_cpu=float((uu * yy).sum())))
+    return tr
+
+
+def test_per_call_fit_recovers_known_costs():
+    rng = np.random.default_rng(7)
+    costs = {"parse": (15e-6, 0.0, "call"), "sendfile": (8e-6, 0.6e-9, "byte"), "read": (3e-6, 10e-9, "byte"),
+             "epoll_wait": (20e-6, 1.0e-6, "event")}
+    units = {"sendfile": lambda n: rng.choice([102, 1024, 5120, 10240, 51200, 409600], n).astype(float),
+             "read": lambda n: rng.integers(40, 400, n).astype(float),
+             "epoll_wait": lambda n: rng.integers(1, 40, n).astype(float)}
+    tr = synthetic_trace(costs, 20000, rng, units=units)
+    fits = fit.fit_operations([tr])
+    for op, (fixed, per_unit, _) in costs.items():
+        f = fits[op]
+        assert f.fixed == pytest.approx(fixed, abs=0.3e-6), op
+        assert f.per_unit == pytest.approx(per_unit, rel=0.05, abs=0.2e-9), op
+        assert f.rms_s == pytest.approx(2e-6, rel=0.05), op      # the noise we put in, bias taken off
+    assert fits["sendfile"].r2 > 0.9
+    assert fits["parse"].calls == 8 * 20000 and fits["parse"].sampled == 20000
+
+
+def test_sums_fit_equals_per_call_least_squares():
+    rng = np.random.default_rng(3)
+    u = rng.uniform(0, 1e5, 500)
+    y = 5e-6 + 2e-10 * u + rng.normal(0, 1e-6, 500)
+    a, b, rss = fit.fit_sums(fit.Sums.of_pairs(u, y), per_unit=True)
+    x = np.column_stack([np.ones_like(u), u])
+    coef, res, *_ = np.linalg.lstsq(x, y, rcond=None)
+    assert a == pytest.approx(coef[0], rel=1e-6) and b == pytest.approx(coef[1], rel=1e-6)
+    assert rss == pytest.approx(float(res[0]), rel=1e-4)
+
+
+def test_fit_is_nonnegative_and_constant_units_give_no_slope():
+    # costs falling with size would need a negative per-byte part: clipped at zero
+    a, b, _ = fit.fit_sums(fit.Sums.of_pairs([1, 2, 3, 4], [4e-6, 3e-6, 2e-6, 1e-6]), per_unit=True)
+    assert b == 0.0 and a == pytest.approx(2.5e-6)
+    a, b, _ = fit.fit_sums(fit.Sums.of_pairs([7, 7, 7], [1e-6, 2e-6, 3e-6]), per_unit=True)
+    assert b == 0.0 and a == pytest.approx(2e-6)
+
+
+def test_unseen_regression_recovers_per_request_and_per_loop_cpu():
+    rng = np.random.default_rng(11)
+    runs = []
+    for rate in (300, 700, 1100, 1500, 1900, 2300):
+        req = rate * 10.0
+        loops = req / (1 + rate / 300)          # batching grows with load, so loops and requests part
+        runs.append(fit.RunCounts(req * 7, req, loops, req * 14000, req / 10,
+                                  req * 12e-6 + loops * 30e-6 + rng.normal(0, 1e-4)))
+    u = fit.fit_unseen(runs, ("requests", "loops"))
+    assert u.coef["requests"] == pytest.approx(12e-6, rel=0.03)
+    assert u.coef["loops"] == pytest.approx(30e-6, rel=0.03)
+    # a negative per-request part (traces overstating) is allowed down to its bound
+    # samples overstating every call (a negative per-call part) are corrected down to the bound
+    runs = [fit.RunCounts(r.calls, r.requests, r.loops, 0, 0, r.calls * -2e-6 + r.loops * 30e-6) for r in runs]
+    u = fit.fit_unseen(runs, ("calls", "loops"), lower={"calls": -5e-6})
+    assert u.coef["calls"] == pytest.approx(-2e-6, rel=0.01) and u.coef["loops"] == pytest.approx(30e-6, rel=0.01)
+    u = fit.fit_unseen(runs, ("calls", "loops"))
+    assert u.coef["calls"] >= 0.0
+
+
+def test_blackbox_demand_is_utilisation_law_and_profile_round_trips(tmp_path):
+    runs = [{"replies": 4000, "server_cpu_s": 0.2, "reply_bytes_mean": 15000.0, "load_avg": 1.0},
+            {"replies": 6000, "server_cpu_s": 0.3, "reply_bytes_mean": 15000.0, "load_avg": 1.0,
+             "disk_read_bytes": 1e6}]
+    d = demands_of(runs)
+    assert d.cpu_s == pytest.approx(50e-6) and d.disk_bytes == pytest.approx(100.0)
+    sat = d.saturation(cpu_fraction=0.15, link_gbps=0.1)
+    assert sat["cpu"] == pytest.approx(3000.0) and sat["nic"] == pytest.approx(0.1e9 / 8 / 15000)
+    prof = scaled_profile(profile_of(d, "bb", Hardware(cores=1, kernel_mb=0.0)), 0.25)
+    assert prof.cost("parse").fixed == pytest.approx(200e-6) and prof.cost("sendfile").fixed == 0.0
+    path = write_profile(prof, tmp_path / "bb.toml", {"cpu_us_per_reply": 50.0})
+    back = load_profile(str(path))
+    assert back.costs == prof.costs
+
+
+def test_comparison_figures_and_verdict():
+    live = [{"offered_rps": 100, "reply_rps": 100.0, "throughput_mbps": 10.0, "response_ms_mean": 2.0},
+            {"offered_rps": 200, "reply_rps": 190.0, "throughput_mbps": 19.0, "response_ms_mean": 4.0},
+            {"offered_rps": 300, "reply_rps": 200.0, "throughput_mbps": 20.0, "response_ms_mean": 40.0}]
+    sim = [{"offered_rps": 100, "reply_rps": 100.0, "throughput_mbps": 10.0, "response_ms_mean": 2.0},
+           {"offered_rps": 200, "reply_rps": 171.0, "throughput_mbps": 17.1, "response_ms_mean": math.nan},
+           {"offered_rps": 300, "reply_rps": 211.0, "throughput_mbps": 21.0, "response_ms_mean": 40.0}]
+    c = compare(live, sim)
+    assert c["peak_error_pct"] == pytest.approx(5.5)
+    assert c["mape_pct"] == pytest.approx((0 + 10 + 5.5) / 3)
+    assert c["live_saturation_rps"] == 300 and c["sim_saturation_rps"] == 200
+    assert verdict(c, True) == "miss"
+    assert verdict({**c, "peak_error_pct": -4.9}, True) == "pass"
+    assert verdict({**c, "peak_error_pct": -4.9, "mape_pct": 10.5}, False) == "miss (in sample)"
+    assert saturation_rate(live[:2]) is None
+    assert goodput_gbps(100.0) == pytest.approx(0.1 * 1448 / 1514)
+
+
+def _can_run_live() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (cgroups)"
+    for tool in ("httperf", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    if (os.cpu_count() or 1) < 2:
+        return "needs two cores"
+    return None
+
+
+@pytest.mark.skipif(_can_run_live() is not None, reason=str(_can_run_live()))
+def test_quick_validation_end_to_end(tmp_path):
+    """`simrun validate --quick`: calibrate on sped, predict symped-2p and nginx; the files it promises."""
+    out = tmp_path / "v"
+    r = subprocess.run([sys.executable, "-m", "sim.cli", "validate", "--quick", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((out / "validation.json").read_text())
+    assert [c["case"] for c in doc["cases"]] == ["symped-2p", "nginx-blackbox"]
+    for c in doc["cases"]:
+        assert {"case", "peak_error_pct", "mape_pct", "verdict"} <= set(c)
+        assert c["verdict"].startswith(("pass", "miss")), c["verdict"]
+        assert len(c["rates"]) == 3
+        assert all(x["live"]["reply_rps"] > 0 and x["sim"]["reply_rps"] > 0 for x in c["rates"])
+        assert (out / f"{c['case']}.png").stat().st_size > 1000
+        # the case's scenario runs again as an ordinary scenario with the written profile
+        assert (out / c["scenario"]).is_file()
+    assert "blackbox_error_pct" in doc["cases"][1]
+    prof = load_profile(str(out / "calibrated-here.toml"))
+    assert prof.hardware.cores == 1 and prof.cost("parse").fixed >= 0
+    assert {"kernel", "cpu_model", "python", "date", "fit_rms_us"} <= set(prof.provenance)
+    assert "| symped-2p |" in (out / "report.md").read_text()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_bad_input_is_one_line(tmp_path):
+    for argv in (["validate", "--cases", "nosuch"], ["calibrate", "--rates", "x"], ["validate", "--cpu-fraction", "3"],
+                 ["blackbox", "--pid", "999999999", "--port", "80"]):
+        r = subprocess.run([sys.executable, "-m", "sim.cli", *argv, "--out" if argv[0] != "blackbox" else "--host",
+                            str(tmp_path / "o") if argv[0] != "blackbox" else "127.0.0.1"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
