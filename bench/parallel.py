@@ -82,7 +82,7 @@ def timed(points, executor) -> tuple[float, str]:
 
 
 def speedup(folder: Path, repeats: int, npoints: int) -> dict:
-    path = write_scenario(folder, "speed.toml", rate=2500, warmup=0.5, duration=1.5,
+    path = write_scenario(folder, "speed.toml", rate=5000, warmup=0.5, duration=2.5,
                           nics=", ".join(str(n) for n in range(1, npoints // 2 + 1)))
     points = expand(path)
     runs = sum(len(p.scenario.servers) * len(p.scenario.run.rates) * 2 for p in points)

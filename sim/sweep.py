@@ -218,9 +218,23 @@ def expand(path, *, seed=None, overrides=None, cli_sweeps=None) -> list[Point]:
             if not params:
                 raise
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise ScenarioError(e.path, e.line, f"sweep point {shown}: {e.key}", e.problem, e.allowed) from None
+            line = e.line if e.line is not None else _sweep_line(path, [k for k in keys if k not in (cli_sweeps or {})],
+                                                                 e.key)
+            raise ScenarioError(e.path, line, f"sweep point {shown}: {e.key}", e.problem, e.allowed) from None
         points.append(Point(params, scenario, ov))
     return points
+
+
+def _sweep_line(path, file_keys: list[str], blamed: str) -> int | None:
+    """The line of the file's sweep entry an error is about (the [sweep] header when unclear)."""
+    if not file_keys:
+        return None
+    _, index = read_toml(path)
+    for key in file_keys:
+        if any(k in blamed for k in _subkeys(key)):
+            return index.lines.get(("sweep", key)) or index.lines.get(("sweep",) + tuple(key.split("."))) \
+                or index.line_of("sweep")
+    return index.line_of("sweep")
 
 
 def sweep_summary(points: list[Point]) -> dict[str, list]:
