@@ -75,10 +75,28 @@ def write_scenario(folder: Path, name: str, **kw) -> Path:
     return p
 
 
-def timed(points, executor) -> tuple[float, str]:
-    t = time.perf_counter()
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(points, executor, cpus: list | None = None) -> tuple[float, str]:
+    """Wall time of one sweep (and, into `cpus`, the CPUs this process and its workers obtained)."""
+    c, t = _cpu(), time.perf_counter()
     results = run_points(points, executor)
-    return time.perf_counter() - t, csv_text(results)
+    wall = time.perf_counter() - t
+    if cpus is not None:
+        cpus.append((_cpu() - c) / wall)
+    return wall, csv_text(results)
+
+
+def cpu_pressure() -> str:
+    """The kernel's CPU pressure: the share of time some runnable task waited for a CPU (Linux PSI)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return f.readline().split()[1].split("=")[1] + "%"
+    except (OSError, IndexError):
+        return "unknown"
 
 
 def speedup(folder: Path, repeats: int, npoints: int) -> dict:
@@ -87,16 +105,19 @@ def speedup(folder: Path, repeats: int, npoints: int) -> dict:
     points = expand(path)
     runs = sum(len(p.scenario.servers) * len(p.scenario.run.rates) * 2 for p in points)
     t1, t2, csvs = [], [], set()
+    cpus = {1: [], 2: []}
     for i in range(repeats):
         for jobs, into in ((1, t1), (2, t2)) if i % 2 == 0 else ((2, t2), (1, t1)):
             ex = InlineExecutor() if jobs == 1 else LocalExecutor(jobs)
-            wall, text = timed(points, ex)
+            wall, text = timed(points, ex, cpus[jobs])
             into.append(wall)
             csvs.add(text)
-            print(f"  --jobs {jobs}: {wall:6.2f} s", flush=True)
+            print(f"  --jobs {jobs}: {wall:6.2f} s, {cpus[jobs][-1]:.2f} CPUs obtained, "
+                  f"CPU pressure (10 s) {cpu_pressure()}", flush=True)
     m1, m2 = statistics.median(t1), statistics.median(t2)
     return {"points": len(points) * 2, "runs": runs, "jobs1_s": t1, "jobs2_s": t2, "median_jobs1_s": m1,
-            "median_jobs2_s": m2, "speedup": m1 / m2, "identical_csv": len(csvs) == 1}
+            "median_jobs2_s": m2, "speedup": m1 / m2, "identical_csv": len(csvs) == 1,
+            "cpus_obtained_jobs1": cpus[1], "cpus_obtained_jobs2": cpus[2]}
 
 
 def dask_overhead(folder: Path, repeats: int) -> dict:
@@ -143,14 +164,17 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.points < 2:
         print("parallel.py: --repeats >= 1 and --points >= 2", file=sys.stderr)
         return 2
-    print(f"cpus: {os.cpu_count()}, load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"cpus: {os.cpu_count()}, load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"CPU pressure (10 s): {cpu_pressure()}")
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"speed-up: {args.points} points x 2 replications, --jobs 1 against --jobs 2")
         s = out["speedup"] = speedup(folder, args.repeats, args.points)
         print(f"speed-up {s['speedup']:.2f}x (median {s['median_jobs1_s']:.2f} s -> {s['median_jobs2_s']:.2f} s, "
-              f"{s['runs']} runs; target >= 1.8x), identical results: {s['identical_csv']}")
+              f"{s['runs']} runs; target >= 1.8x), identical results: {s['identical_csv']}; CPUs obtained, median: "
+              f"{statistics.median(s['cpus_obtained_jobs1']):.2f} with --jobs 1, "
+              f"{statistics.median(s['cpus_obtained_jobs2']):.2f} with --jobs 2 (below 2: the machine is shared)")
         if not args.skip_dask:
             print("dask overhead: 40 tiny points x 2 replications, in this process against one Dask worker process")
             d = out["dask"] = dask_overhead(folder, args.repeats)
