@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.analytic import che_lru_hit_ratio
 from sim.config import knob
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "close",
@@ -41,6 +42,7 @@ OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "p
 
 VARIANTS = ("knot-c", "knot-nb", "knot-b")
 WORKER_POLL_TIMEOUT_S = 1.0   # knot-nb's worker polls a full socket for at most this long
+POLL_EVERY = 10_000           # Capriccio polls after this many thread runs even if threads are runnable
 
 # conn.state: 0 reading the next request, 1 writing a reply from the application cache,
 # 2 handed to a worker thread
@@ -61,27 +63,36 @@ class Knobs:
 def warm_application_cache(server, capacity: float):
     """Both caches as a long-running server with its own file cache has them.
 
-    The application cache is an LRU over whole files: in the long run it holds the
-    most often requested files, whatever their size (Che's approximation: a file's
-    chance to be in an LRU cache grows with its request rate alone). The page cache
-    only sees the application cache's misses, so it holds the next most requested
-    files and forgets those that hit above it. Returns the application cache (an LRU
+    Each is an LRU over whole files, started in its stationary state by Che's
+    approximation: file i is in the application cache with probability
+    1 - exp(-p_i T1), T1 filling the cache on average, whatever its size. The page
+    cache below only sees the application cache's misses, at rates p_i exp(-p_i T1),
+    and holds each file with probability 1 - exp(-q_i T2) for those rates q_i. The
+    draws are seeded, so a run is repeatable. Returns the application cache (an LRU
     of file -> bytes, most recently used last) and the bytes it holds."""
     fs = server.clients.w.fileset
-    sizes, header = fs.sizes, server.header_bytes
-    order = np.argsort(-fs.probabilities, kind="stable")
-    chosen, rest, used = [], [], 0.0
-    for f in order:
-        b = float(sizes[f]) + header
-        if used + b <= capacity:
+    p, sizes, header = fs.probabilities, fs.sizes, server.header_bytes
+    rng = np.random.default_rng(len(p))
+    app_bytes = sizes + header
+    t1 = che_lru_hit_ratio(p, app_bytes.astype(float), capacity).char_time
+    h1 = -np.expm1(-p * t1) if np.isfinite(t1) else np.ones_like(p)
+    in_app = rng.random(len(p)) < h1
+    chosen, used = [], 0.0
+    for f in np.argsort(-h1, kind="stable"):
+        b = float(app_bytes[f])
+        if in_app[f] and used + b <= capacity:
             chosen.append((int(f), b))
             used += b
-        else:
-            rest.append(f)
     page = server.cache
+    q = p * np.exp(-p * t1) if np.isfinite(t1) else p * 0.0
     page.lru.clear()
     page.used = 0.0
-    page.warm(rest, sizes)
+    if q.sum() > 0:
+        t2 = che_lru_hit_ratio(q, sizes.astype(float), page.capacity).char_time
+        h2 = -np.expm1(-(q / q.sum()) * t2) if np.isfinite(t2) else np.ones_like(q)
+        in_page = rng.random(len(p)) < h2
+        order = np.argsort(-h2, kind="stable")
+        page.warm(order[in_page[order]], sizes)
     return OrderedDict(reversed(chosen)), used
 
 
@@ -160,22 +171,27 @@ class Knot:
         runq = self.runq
         if self.app_capacity:
             self.app_cache, self.app_used = warm_application_cache(server, self.app_capacity)
+        since_poll = 0
         while True:
             if not runq and not cap.ready and not server.can_accept(cap):
                 yield cap.wait()          # poll blocks: no thread can run
             cpu = 0.0
             sends, offload = [], []
-            if not runq:
-                # every thread would block: poll the whole interest set (idle threads wait on the listen socket)
+            if not runq or since_poll >= POLL_EVERY:
+                # every thread would block (or Capriccio's poll count ran out): poll the whole
+                # interest set; the idle threads wait on the listen socket
+                since_poll = 0
                 watched = cap.nconns - self.in_workers + (1 if cap.nconns < k.threads else 0)
                 cpu += c.poll + c.poll_u * watched
                 if accept_first:
                     cpu += self._accept()
                 ready, cap.ready = cap.ready, []
+                polled = True
             else:
-                ready = ()
+                ready, polled = (), False
             batch = list(runq)
             runq.clear()
+            since_poll += len(batch)
             for conn in ready:                   # threads whose descriptor poll found ready
                 conn.queued = False
                 if conn.state == IN_WORKER:
@@ -227,7 +243,7 @@ class Knot:
                     offload.append(conn)
                 else:                            # the reply is in the socket: read the next request
                     conn.state = READING
-            if not accept_first and not batch:
+            if polled and not accept_first:      # Knot-C: accept once the ready threads have run
                 cpu += self._accept()
             if cpu:
                 yield cap.run(cpu)
