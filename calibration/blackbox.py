@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -108,8 +109,14 @@ class _Parser(argparse.ArgumentParser):
         raise BlackboxError(message)
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like an error, so the httperf processes are stopped on the way out."""
+    raise SystemExit(143)
+
+
 def main(argv=None) -> int:
     from sim.profile import write_profile
+    signal.signal(signal.SIGTERM, _terminate)
     from .calibrate import machine, parse_rates, workload_for, CalibrationError
     argv = list(sys.argv[1:] if argv is None else argv)
     p = _Parser(prog="simrun blackbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

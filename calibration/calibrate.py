@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import platform
 import shutil
 import sys
@@ -34,7 +35,7 @@ from . import fit as fitting
 from . import micro
 from .cgroup import CgroupError, cpu_share
 from .measure import (LiveServer, MeasureError, load_average, measure_run, rising_sweep, rss_kb, run_counts, settle,
-                      sweep, utilisation)
+                      sustained, sweep, utilisation)
 
 # the calibration workload: the study's sessions with short think times, so one httperf on one core
 # offers enough load to saturate a Python server (the study's 3 s between bursts would need
@@ -97,7 +98,10 @@ def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprin
     was not measured into the costs (on a shared core it cannot be told apart from other loads,
     and a CPU quota does not charge it to the server)."""
     fallback = load_profile(FALLBACK_PROFILE)
-    costs: dict[str, Cost] = {op: Cost(f.fixed, f.per_unit) for op, f in fits.items()}
+    # the samples give the split between operations, /proc the level (the regression's scale)
+    scale = unseen.coef.get("traced") if unseen is not None else None
+    k = 1.0 if scale is None else scale
+    costs: dict[str, Cost] = {op: Cost(f.fixed * k, f.per_unit * k) for op, f in fits.items()}
     if not softirq:
         costs.update(net_tx=Cost(), net_conn=Cost())
     # the event mechanism actually traced stands for the others' call overhead
@@ -106,6 +110,8 @@ def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprin
             costs[op] = Cost(costs[event_op].fixed, fallback.cost(op).per_unit)
     added = {}
     for reg, (op, part) in fitting.REGRESSORS.items():
+        if part == "scale":
+            continue
         value = unseen.coef.get(reg, 0.0) if unseen is not None else 0.0
         targets = EVENT_OPS if op == "event" else tuple(fits) if op == "*" else (op,)
         for t in targets:
@@ -121,7 +127,8 @@ def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprin
             costs[op] = c
             fell_back.append(op)
     prof = Profile(name=name, costs=costs, hardware=hardware, footprint=footprint, description=description)
-    return prof, {"unseen_added_us": {k: v * 1e6 for k, v in added.items()}, "from_fallback": fell_back}
+    return prof, {"traced_scale": scale if scale is not None else 1.0,
+                  "unseen_added_us": {k: v * 1e6 for k, v in added.items()}, "from_fallback": fell_back}
 
 
 def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rate: float, duration_s: float,
@@ -143,13 +150,16 @@ def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rat
 def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float, *, seed: int = 0,
               server_args=(), disk_dir: str | None = None, log=print, name: str = "calibrated-here",
               cpu_fraction: float = 1.0, cgroup_procs: str | None = None, softirq: bool = False,
-              probe_rps: float = 400.0, max_runs: int = 7, min_util: float = MIN_UTILISATION) -> Calibration:
+              probe_rps: float = 400.0, max_runs: int = 8, min_util: float = MIN_UTILISATION,
+              growth: float = 1.3) -> Calibration:
     """Measure `arch` at `rates` and fit a profile.
 
-    With rates None: a light probe run, then a rising sweep from the capacity the probe
-    suggests (an underestimate), x1.5 each run, until the server no longer keeps up. The costs are fitted on the runs that kept the
-    server at least `min_util` busy: the costs at high load are the ones that set the peak (at
-    light load every request pays a wake-up from idle, which the models do not separate)."""
+    With rates None: a light probe run, then a rising sweep from the capacity the probe suggests
+    (an underestimate), x`growth` each run, until the server no longer keeps up. The costs are
+    fitted on the runs that kept the server at least `min_util` busy: the costs at high load are
+    the ones that set the peak (at light load every request pays a wake-up from idle, which the
+    models do not separate), and on which it still kept up (in overload every call costs more:
+    see `busy` below)."""
     tracedir = tempfile.mkdtemp(prefix="calib-trace-")
     try:
         srv = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
@@ -158,7 +168,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
             time.sleep(0.5)
             if rates is None:
                 probe, capacity = probe_capacity(srv, workload, cpu_fraction, probe_rps, duration_s, seed, log)
-                runs = [probe] + rising_sweep(srv, workload, capacity, duration_s, growth=1.5, max_runs=max_runs,
+                runs = [probe] + rising_sweep(srv, workload, capacity, duration_s, growth=growth, max_runs=max_runs,
                                               seed=seed, log=log)
             else:
                 runs = sweep(srv, workload, rates, duration_s, seed=seed, log=log)
@@ -167,11 +177,15 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     finally:
         shutil.rmtree(tracedir, ignore_errors=True)
     all_runs = runs
-    busy = [r for r in runs if utilisation(r, cpu_fraction) >= min_util]
+    # busy but still keeping up: in overload (a full listen queue, timeouts) every call costs more,
+    # which no operation of the vocabulary stands for
+    busy = [r for r in runs if utilisation(r, cpu_fraction) >= min_util and sustained(r)]
+    if len(busy) < 2:
+        busy = sorted((r for r in runs if sustained(r)), key=lambda r: -r["reply_rps"])[:2]
     runs = busy if len(busy) >= 2 else runs
     chosen = ", ".join(f"{r['offered_rps']:g}" for r in runs)
     log(f"  fitting on {len(runs)} of {len(all_runs)} runs ({chosen} req/s; "
-        + (f"the server at least {min_util:.0%} busy)" if runs is busy else "fewer than two busy enough: all)"))
+        + (f"sustained, the server busiest)" if runs is busy else "fewer than two sustained: all)"))
     traces = [t for r in runs for t in r["trace"]]
     fits = fitting.fit_operations(traces)
     if "parse" not in fits:
@@ -179,8 +193,8 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     counts = [run_counts(r, softirq) for r in runs]
     # the process's own unseen CPU is interpreter work per request and per loop pass; per byte and per
     # connection kernel work outside the process only when the core's softirq time is counted
-    regs = tuple(fitting.REGRESSORS) if softirq else ("calls", "requests", "loops")
-    unseen = fitting.fit_unseen(counts, regs, lower={"calls": -MAX_SAMPLE_OVERSTATEMENT_S})
+    regs = ("traced", "loops", "bytes", "connections") if softirq else ("traced", "loops")
+    unseen = fitting.fit_unseen(counts, regs, target="process")
     event_op = next((op for op in EVENT_OPS if op in fits), "epoll_wait")
     extras = {"ctx_switch": micro.ctx_switch_s(), "handoff": micro.handoff_s()}
     info = machine()
@@ -229,8 +243,9 @@ def format_fits(cal: Calibration) -> str:
         lines.append(f"{op:<11} {f.unit:<6} {f.fixed * 1e6:>9.3f} {f.per_unit * 1e6:>12.6f} {f.calls:>8d} "
                      f"{f.sampled:>8d} {f.rms_s * 1e6:>8.2f} {f.r2:>6.3f}")
     u = cal.unseen
-    lines.append("unseen CPU per count (us): " + ", ".join(f"{k} {v * 1e6:.4g}" for k, v in u.coef.items())
-                 + f"; residual rms {100 * u.rms_rel:.1f}% of the mean over {u.runs} runs")
+    lines.append("process CPU regression: " + ", ".join(
+        f"{k} x{v:.3f}" if k == "traced" else f"{k} {v * 1e6:.4g} us" for k, v in u.coef.items())
+        + f"; residual rms {100 * u.rms_rel:.1f}% of the mean over {u.runs} runs")
     return "\n".join(lines)
 
 
@@ -285,8 +300,14 @@ def prepare_root(root: str | None, directories: int, workdir: str) -> str:
     return path
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like an error, so servers, namespaces and cgroups are removed on the way out."""
+    raise SystemExit(143)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
     workdir = None
     try:
         args = parser().parse_args(argv)
@@ -312,7 +333,8 @@ def main(argv=None) -> int:
             cal = calibrate(args.arch, root, wl, rates, duration, seed=args.seed, server_args=args.server_args.split(),
                             disk_dir=root if args.disk else None, name=args.name, log=lambda s: print(s, flush=True),
                             cpu_fraction=args.cpu_fraction, cgroup_procs=group.procs if group else None,
-                            softirq=args.softirq, max_runs=4 if args.quick else 7)
+                            softirq=args.softirq, max_runs=4 if args.quick else 8,
+                            growth=1.5 if args.quick else 1.3)
         finally:
             if group:
                 group.close()

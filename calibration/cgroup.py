@@ -12,6 +12,9 @@ within the load generator's reach, and to the simulator it is a core f times
 as fast (every cost divided by f: `scaled_profile`). CPU time accounting is not
 affected by the quota, so the costs measured under it are the core's own.
 
+Disk (the disk-bound case): a blkio child group throttling reads from the file
+set's disk to a number of requests and bytes per second.
+
 Every group is removed in `close()` (the server must have exited first).
 """
 from __future__ import annotations
@@ -109,6 +112,33 @@ def cpu_share(fraction: float, period_us: int | None = None) -> Group:
         period_us = max(MIN_QUOTA_US, int(round(MIN_QUOTA_US / fraction)))
     return Group("cpu", "websim-cpu", {"cpu.cfs_period_us": str(period_us),
                                        "cpu.cfs_quota_us": str(int(round(fraction * period_us)))})
+
+
+def device_of(path: str) -> str:
+    """major:minor of the block device holding `path` (what blkio throttles name)."""
+    st = os.stat(path)
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def disk_throttle(path: str, read_iops: int, read_mb_s: float) -> Group:
+    """A blkio cgroup whose reads from the disk holding `path` are held to `read_iops` requests and
+    `read_mb_s` MB/s: a real, slow disk (the machine's own disk is a host-cached virtual one)."""
+    dev = device_of(path)
+    return Group("blkio", "websim-blkio", {"blkio.throttle.read_iops_device": f"{dev} {int(read_iops)}",
+                                           "blkio.throttle.read_bps_device": f"{dev} {int(read_mb_s * 1e6)}"})
+
+
+def run_inside(group: Group, fn, *args, **kw):
+    """Run fn in this process while it is a member of `group` (put back in its own cgroup after)."""
+    controller = group.path[len(ROOT) + 1:].split("/", 1)[0]
+    home = own_cgroup(controller)
+    with open(group.procs, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        return fn(*args, **kw)
+    finally:
+        with open(os.path.join(home, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 def drop_caches() -> None:

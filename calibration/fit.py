@@ -145,6 +145,7 @@ def fit_operations(traces, skip=("ult_switch",)) -> dict[str, OpFit]:
 
 # regressor -> the operation whose fixed (or per-unit) part absorbs its coefficient
 REGRESSORS = {
+    "traced": ("*", "scale"),            # the traced CPU itself: its coefficient scales every fitted cost
     "calls": ("*", "fixed"),             # per traced call: what the CPU samples over- or understate
     "requests": ("parse", "fixed"),      # the interpreter's work per request between traced calls
     "loops": ("event", "fixed"),         # per pass of the event loop (poll / select / epoll_wait)
@@ -164,6 +165,8 @@ class RunCounts:
     connections: float
     unseen_cpu: float          # process CPU minus traced CPU (plus the core's softirq time, if asked)
     label: str = ""
+    traced: float = 0.0        # CPU seconds inside traced calls (bias-corrected samples x counts)
+    process: float = 0.0       # the process's CPU seconds (plus softirq, if asked)
 
 
 @dataclass
@@ -175,7 +178,8 @@ class UnseenFit:
     residuals: list[float] = field(default_factory=list)
 
 
-def fit_unseen(runs: list[RunCounts], regressors=tuple(REGRESSORS), lower: dict[str, float] | None = None) -> UnseenFit:
+def fit_unseen(runs: list[RunCounts], regressors=tuple(REGRESSORS), lower: dict[str, float] | None = None,
+               target: str = "unseen_cpu") -> UnseenFit:
     """Least squares of unseen CPU on the runs' counts, each coefficient >= its lower bound (0 by default).
 
     A negative bound lets a coefficient take CPU away: the CPU-sampled calls include the
@@ -187,7 +191,7 @@ def fit_unseen(runs: list[RunCounts], regressors=tuple(REGRESSORS), lower: dict[
         raise ValueError("no runs to fit the unseen CPU on")
     lower = lower or {}
     x = np.array([[getattr(r, k) for k in regressors] for r in runs], dtype=float)
-    y = np.array([r.unseen_cpu for r in runs], dtype=float)
+    y = np.array([getattr(r, target) for r in runs], dtype=float)
     norms = np.linalg.norm(x, axis=0)
     norms[norms == 0] = 1.0
     lo = np.array([lower.get(k, 0.0) for k in regressors]) * norms

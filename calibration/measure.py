@@ -153,7 +153,7 @@ class LiveServer:
     trace_prefix: str | None = None
     host: str = "127.0.0.1"
     wrap: list[str] = field(default_factory=list)
-    cgroup_procs: str | None = None
+    cgroup_procs: str | list | None = None
     core: int = SERVER_CORE
     proc: subprocess.Popen | None = None
     pid: int = 0
@@ -167,16 +167,16 @@ class LiveServer:
                "--root", self.root, "--host", self.host, "--port", "0", *self.args]
         if self.trace_prefix:
             cmd += ["--trace", self.trace_prefix]
-        procs_file = self.cgroup_procs
+        procs_files = [self.cgroup_procs] if isinstance(self.cgroup_procs, str) else list(self.cgroup_procs or [])
 
         def join_cgroup():
-            if procs_file:
-                with open(procs_file, "w") as f:
+            for path in procs_files:
+                with open(path, "w") as f:
                     f.write(str(os.getpid()))
 
         with open(out_path, "w") as out, open(err_path, "w") as err:
             self.proc = subprocess.Popen(self.wrap + cmd, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=join_cgroup if procs_file else None)
+                                         start_new_session=True, preexec_fn=join_cgroup if procs_files else None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with open(out_path) as f:
@@ -333,5 +333,6 @@ def run_counts(run: dict, softirq: bool = False):
     calls = sum(s.count for tr in traces for s in tr.ops if s.op != "ult_switch")
     traced_cpu = sum(tr.traced_cpu() for tr in traces)
     process = sum(tr.process_cpu() for tr in traces)
-    unseen = process - traced_cpu + (run["core_softirq_s"] if softirq else 0.0)
-    return RunCounts(float(calls), float(requests), float(loops), float(sent), float(conns), unseen, f"{run['offered_rps']:g}")
+    extra = run["core_softirq_s"] if softirq else 0.0
+    return RunCounts(float(calls), float(requests), float(loops), float(sent), float(conns),
+                     process - traced_cpu + extra, f"{run['offered_rps']:g}", traced_cpu, process + extra)

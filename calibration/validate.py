@@ -11,8 +11,11 @@ profile, unchanged, at the same offered rates:
   symped-2p       two event-loop processes sharing the core             (held out)
   threaded-gil    a kernel thread per connection, CPython's lock on     (held out)
   nic-tbf         sped behind a veth link shaped by tbf, a whole core   (held out)
-  disk-cgroup     sped in a memory cgroup smaller than the file set,
-                  page cache dropped first, a whole core                (held out)
+  disk-cgroup     sped in a memory cgroup smaller than the file set, its
+                  reads throttled by blkio (200/s, 20 MB/s: the machine's
+                  disk is host-cached), page cache dropped first, then
+                  warmed by a run at the lowest rate (the simulator
+                  starts with the cache of a long-running server)       (held out)
   nginx-blackbox  nginx, known only by pid and port: its demand from
                   /proc CPU time and reply rate (utilisation law), a
                   saturation rate predicted from it and checked against
@@ -38,6 +41,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import shutil
 import sys
 import tempfile
@@ -50,7 +54,7 @@ from sim.scenario import ScenarioError, load_scenario
 from . import blackbox, micro
 from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
                         workload_for)
-from .cgroup import CgroupError, cpu_share, drop_caches, memory_limit, scaled_profile
+from .cgroup import CgroupError, cpu_share, disk_throttle, drop_caches, memory_limit, run_inside, scaled_profile
 from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, settle, sustained, sweep,
                       utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
@@ -100,7 +104,9 @@ class Settings:
     fractions: tuple = (0.4, 0.7, 0.9, 1.1, 1.4)
     link_mbit: float = 50.0
     disk_directories: int = 40
-    memory_limit_mb: float = 96.0
+    memory_limit_mb: float = 64.0
+    disk_iops: int = 200
+    disk_mb_s: float = 20.0
     sim_warmup_s: float = 5.0
     sim_duration_s: float = 10.0
     jobs: int = 2
@@ -224,7 +230,7 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
     """One case of a live Python server: its set-up, the simulator's rates, the live sweep, the simulation."""
     log = st.log
     hw = live_hardware(base_profile.hardware)
-    profile, group, link, extra = base_profile, None, None, {}
+    profile, group, link, blk, extra = base_profile, None, None, None, {}
     server_kw = {}
     try:
         if case.setting == "cpu":
@@ -240,14 +246,16 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
         elif case.setting == "disk":
             root = prepare_root(None, st.disk_directories, os.path.join(st.workdir, "disk"))
             workload = workload_for(st.disk_directories)
-            disk = micro.disk(root)
-            log(f"  disk under the file set: {disk['disk_seek_ms']:.3f} ms per positioned read, "
-                f"{disk['disk_mb_s']:.0f} MB/s (O_DIRECT)")
-            hw.update({k: round(v, 4) for k, v in disk.items()})
             group = memory_limit(st.memory_limit_mb)
-            server_kw["cgroup_procs"] = group.procs
+            blk = disk_throttle(root, st.disk_iops, st.disk_mb_s)
+            disk = run_inside(blk, micro.disk, root)
+            log(f"  disk under the file set, throttled to {st.disk_iops} reads/s and {st.disk_mb_s:g} MB/s: "
+                f"{disk['disk_seek_ms']:.3f} ms per positioned read, {disk['disk_mb_s']:.1f} MB/s (O_DIRECT)")
+            hw.update({k: round(v, 4) for k, v in disk.items()})
+            server_kw["cgroup_procs"] = [group.procs, blk.procs]
             extra.update(memory_limit_mb=st.memory_limit_mb, disk_directories=st.disk_directories,
-                         fileset_mb=round(workload.fileset.total_bytes / 2**20, 1), **disk)
+                         fileset_mb=round(workload.fileset.total_bytes / 2**20, 1), throttle_iops=st.disk_iops,
+                         throttle_mb_s=st.disk_mb_s, **disk)
         srv = LiveServer(case.arch, root, list(case.live_args), **server_kw)
         if case.setting == "disk":
             drop_caches()
@@ -263,6 +271,9 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             rates, bounds = twin_rates(scen, st)
             log(f"  {case.name}: twin bounds {bounds}; rates {rates}")
             scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
+            if case.setting == "disk":
+                log("  warming the page cache (not measured)")
+                sweep(srv, workload, rates[:1], st.duration_s, seed=st.seed + 900, log=log)
             live = sweep(srv, workload, rates, st.duration_s, seed=st.seed,
                          httperf=link.httperf if link else "httperf", log=log)
             if case.setting == "disk" and group is not None:
@@ -274,6 +285,8 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             link.close()
         if group is not None:
             group.close()
+        if blk is not None:
+            blk.close()
     sim = simulate(scen, st)
     return {"live": live, "sim": sim, "twin_bounds": bounds, "rates": rates, "scenario": os.path.relpath(spath, st.out),
             "setting": extra}
@@ -490,15 +503,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds of arrivals per live rate (default 15, quick 8)")
     p.add_argument("--directories", type=int, default=4, help="file-set directories for the CPU and NIC cases")
     p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
-    p.add_argument("--memory-mb", type=float, default=96.0, help="memory cgroup limit of the disk case (default 96)")
+    p.add_argument("--memory-mb", type=float, default=64.0, help="memory cgroup limit of the disk case (default 64)")
     p.add_argument("--disk-directories", type=int, default=40, help="file set of the disk case (default 40, ~200 MB)")
     p.add_argument("--jobs", type=int, default=2, help="simulator processes (default 2)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like an error, so servers, namespaces and cgroups are removed on the way out."""
+    raise SystemExit(143)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
     workdir = None
     try:
         args = parser().parse_args(argv)
@@ -545,7 +564,7 @@ def main(argv=None) -> int:
                 cal = calibrate("sped", root, workload, None, 5.0 if args.quick else 10.0, seed=st.seed,
                                 server_args=LIVE_COMMON, name="calibrated-here", log=log,
                                 cpu_fraction=st.cpu_fraction, cgroup_procs=group.procs,
-                                max_runs=4 if args.quick else 7)
+                                max_runs=4 if args.quick else 8, growth=1.5 if args.quick else 1.3)
             finally:
                 group.close()
             calib_text = format_fits(cal)

@@ -19,6 +19,7 @@ from calibration.netns import goodput_gbps
 from calibration.validate import compare, saturation_rate, verdict
 from real.trace import OpStats, Trace, read_trace
 from sim.config import Hardware
+from sim.operations import Cost
 from sim.profile import load_profile, write_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +96,30 @@ def test_unseen_regression_recovers_per_request_and_per_loop_cpu():
     assert u.coef["calls"] == pytest.approx(-2e-6, rel=0.01) and u.coef["loops"] == pytest.approx(30e-6, rel=0.01)
     u = fit.fit_unseen(runs, ("calls", "loops"))
     assert u.coef["calls"] >= 0.0
+
+
+def test_process_cpu_regression_recovers_scale_and_per_pass_cpu_into_the_profile():
+    """/proc sets the level (traced CPU x scale) and the CPU per loop pass; build_profile applies both."""
+    from calibration.calibrate import build_profile
+    from sim.config import Footprint
+    rng = np.random.default_rng(5)
+    runs = []
+    for rate in (800, 1200, 1800, 2600):
+        req = rate * 10.0
+        loops = req / (1 + rate / 250)
+        traced = req * 70e-6 * rng.uniform(0.98, 1.02)
+        runs.append(fit.RunCounts(req * 7, req, loops, 0, 0, 0.0, "", traced, 0.56 * traced + 58e-6 * loops))
+    u = fit.fit_unseen(runs, ("traced", "loops"), target="process")
+    assert u.coef["traced"] == pytest.approx(0.56, rel=0.01) and u.coef["loops"] == pytest.approx(58e-6, rel=0.02)
+    fits = {"parse": fit.OpFit("parse", "call", 20e-6, 0.0, 10, 10, 1, 0, 0),
+            "epoll_wait": fit.OpFit("epoll_wait", "event", 10e-6, 1e-6, 10, 10, 3, 0, 0)}
+    prof, how = build_profile(fits, u, {"ctx_switch": 3e-6}, Hardware(cores=1), Footprint(), "t", "", "epoll_wait")
+    assert prof.cost("parse").fixed == pytest.approx(0.56 * 20e-6, rel=0.01)
+    assert prof.cost("epoll_wait").fixed == pytest.approx(0.56 * 10e-6 + 58e-6, rel=0.02)
+    assert prof.cost("epoll_wait").per_unit == pytest.approx(0.56e-6, rel=0.01)
+    assert prof.cost("poll").fixed == prof.cost("epoll_wait").fixed          # every event call pays the pass
+    assert prof.cost("net_tx") == prof.cost("net_conn") == Cost()     # softirq work not fitted: not charged
+    assert prof.cost("ctx_switch").fixed == 3e-6 and "disk_read" in how["from_fallback"]
 
 
 def test_blackbox_demand_is_utilisation_law_and_profile_round_trips(tmp_path):
