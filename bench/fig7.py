@@ -15,8 +15,9 @@ Targets: every peak within 5 % of the study's; the three best configurations
 ahead of every Knot variant; both gaps within 3 points. No constant is tuned to
 these curves: the costs come from the study's Table 1 (sim/profiles/study-xeon.toml).
 
-`--quick` runs 4 rates with a short measurement (a few minutes on two cores);
-the default runs all nine rates of the figure.
+`--quick` runs 4 rates with a 5 s measurement (about half an hour on two cores:
+each run first simulates the scenario's 50 s warm-up); the default runs all
+nine rates of the figure (well over an hour).
 """
 from __future__ import annotations
 
