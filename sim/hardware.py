@@ -139,7 +139,8 @@ class Link:
             heapq.heappop(heap)
         if not heap:
             return
-        due = now + max(0.0, heap[0][0] - self.v) * self.n / self.rate
+        left = heap[0][0] - self.v
+        due = now + left * self.n / self.rate if left > 0.0 else now
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
             self.env.timeout(due - now).callbacks.append(self._wake)
