@@ -22,10 +22,11 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from sim.atomic import write_text
 from sim.fileset import CLASS_BASES, FILES_PER_CLASS, FileSet
 
 MANIFEST = ".fileset.json"
@@ -84,11 +85,7 @@ def check(root: str, fileset: FileSet | None = None) -> dict:
 
 
 def _write_manifest(root: str, manifest: dict) -> None:
-    tmp = os.path.join(root, f".{MANIFEST}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(root, MANIFEST))
+    write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _survey(root: str, fileset: FileSet) -> tuple[list[str], list[str]]:

@@ -64,6 +64,7 @@ from functools import lru_cache
 import numpy as np
 
 from sim.fileset import FileSet
+from sim.atomic import write_text
 from sim.workload import Workload
 
 FD_SETSIZE = 1024
@@ -428,15 +429,7 @@ def _kill(p: subprocess.Popen) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` through a temporary file beside `path`, then rename it over `path`."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------- nginx, the reference server

@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import re
-import tempfile
 import tomllib
 from decimal import Decimal
 from pathlib import Path
 
+from .atomic import write_text
 from .config import Footprint, Hardware, Profile
 from .operations import OPERATIONS, Cost
 from .scenario import Checker, FieldSpec, ScenarioError, _kind, read_toml, specs_of, suggest
@@ -88,7 +87,7 @@ def profile_from_dict(data: dict, source, checker: Checker | None = None) -> Pro
         if op not in OPERATIONS:
             ck.fail(f"costs.{op}", f"unknown operation {op!r}{suggest(op, OPERATIONS)}",
                     "the operations of sim/operations.py: " + ", ".join(OPERATIONS))
-        given = ck.table(table, f"costs.{op}", _COST_SPECS, f"costs.{op}")
+        ck.table(table, f"costs.{op}", _COST_SPECS, f"costs.{op}")  # checks keys and types
         costs[op] = Cost(fixed=_seconds(table.get("fixed_us", 0.0)), per_unit=_seconds(table.get("per_unit_us", 0.0)))
     provenance = _plain_floats(data.get("provenance", {}))
     profile = Profile(name=head.get("name", Path(str(source)).stem), costs=costs, hardware=hardware,
@@ -253,17 +252,5 @@ def write_profile(profile: Profile, path, provenance: dict | None = None) -> Pat
     path = Path(path)
     text = profile_to_toml(profile, provenance)
     tomllib.loads(text)  # never leave a file that does not parse
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text(path, text)
     return path

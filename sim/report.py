@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .atomic import write_via
 from .stats import Estimate
 
 # the metrics every point should have, in column order
@@ -274,25 +275,8 @@ def load_results(path: str | os.PathLike) -> tuple[list[PointResult], dict]:
 
 # ---- atomic files --------------------------------------------------------------------
 
-_tmp_counter = itertools.count()
-
-
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool) -> Path:
-    """Write through a temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
-    try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_via(path, write, binary)
 
 
 # ---- plots --------------------------------------------------------------------------
