@@ -13,6 +13,7 @@ import simpy
 
 import models
 
+from .analytic import che_lru_hit_ratio
 from .clients import Clients
 from .config import Scenario, ServerSpec
 from . import membus
@@ -24,6 +25,20 @@ def point_seed(seed: int, rep: int, rate: float) -> list[int]:
     return [int(seed), int(rep), int(round(rate * 1000))]
 
 
+def warm_page_cache(server: Server, fileset, rng: np.random.Generator) -> None:
+    """Start the page cache in an LRU's stationary state, as a long-running server has it.
+
+    By Che's approximation file i is resident with probability 1 - exp(-p_i T), T
+    filling the cache on average: the most requested files, whatever their size. A
+    model that warmed the cache itself (one with its own file cache) keeps its files.
+    """
+    p, sizes = fileset.probabilities, fileset.sizes
+    T = che_lru_hit_ratio(p, sizes.astype(float), server.cache.capacity).char_time
+    resident = -np.expm1(-p * T) if np.isfinite(T) else np.ones_like(p)
+    order = np.argsort(-resident, kind="stable")
+    server.cache.warm(order[(rng.random(len(p)) < resident)[order]], sizes)
+
+
 def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     """The environment, server and clients of one run, ready to run."""
     hw, wl, run = scenario.hardware, scenario.workload, scenario.run
@@ -33,9 +48,7 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     membus.attach(server, hw)
     server.add_footprint(0)
     entities = module.start(server, spec.knobs)
-    # most requests per byte first: the files an LRU cache holds on to in the long run
-    order = np.argsort(-wl.fileset.probabilities / wl.fileset.sizes, kind="stable")
-    server.cache.warm(order, wl.fileset.sizes)
+    warm_page_cache(server, wl.fileset, np.random.default_rng(point_seed(run.seed, rep, rate) + [1]))
     rng = np.random.default_rng(point_seed(run.seed, rep, rate))
     window = (run.warmup_s, run.warmup_s + run.duration_s)
     clients = Clients(env, wl, rate, rng, server, window)

@@ -267,10 +267,11 @@ class PageCache:
         """Fill the cache as a long-running server would find it: `files` best first, and the
         best placed as most recently used, so that they are the last to be evicted."""
         chosen = []
+        lru = self.lru
         for f in files:
             b = float(sizes[f])
-            if self.used + b <= self.capacity:
+            if f not in lru and self.used + b <= self.capacity:
                 chosen.append((int(f), b))
                 self.used += b
         for f, b in reversed(chosen):
-            self.lru[f] = b
+            lru[f] = b
