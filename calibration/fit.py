@@ -206,3 +206,12 @@ def fit_unseen(runs: list[RunCounts], regressors=tuple(REGRESSORS), lower: dict[
     return UnseenFit({k: float(c) for k, c in zip(regressors, coef)},
                      [k for k, c in zip(regressors, coef) if c == 0.0],
                      rms / scale if scale > 0 else 0.0, len(runs), [float(v) for v in resid])
+
+
+def refit_scale(runs: list[RunCounts], coef: dict[str, float]) -> float:
+    """The traced-CPU scale alone, by least squares on `runs`, the other coefficients held at `coef`."""
+    t = np.array([r.traced for r in runs], dtype=float)
+    rest = np.array([r.process - sum(c * getattr(r, k) for k, c in coef.items()
+                                     if k in REGRESSORS and REGRESSORS[k][1] != "scale") for r in runs])
+    denom = float(t @ t)
+    return max(0.0, float(t @ rest) / denom) if denom > 0 else coef.get("traced", 1.0)

@@ -17,7 +17,8 @@ profile, unchanged, at the same offered rates:
                   warmed by a run at the lowest rate (the simulator
                   starts with the cache of a long-running server)       (held out)
   nginx-blackbox  nginx, known only by pid and port: its demand from
-                  /proc CPU time and reply rate (utilisation law), a
+                  /proc CPU time and reply rate (utilisation law) in
+                  the busiest of a rising series of runs it kept up with, a
                   saturation rate predicted from it and checked against
                   a measured sweep; the symped model run on that demand
 
@@ -303,18 +304,18 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                 with open(group.procs, "w") as f:
                     f.write(str(p))
             pid, port = ng.proc.pid, ng.port
-            # the demand by the utilisation law, from a run below saturation. The CPU per reply falls as
-            # the load rises (more events per wake-up), so the runs rise (x1.3 from 0.6 of what a light
-            # run suggests) until one keeps the server at least 60 % busy, and its demand is used
+            # the demand by the utilisation law, from runs below saturation. The CPU per reply falls as
+            # the load rises (more events per wake-up), so the runs rise (x1.3 from what a light run
+            # suggests) until one no longer keeps up, and the busiest run that kept up gives the demand
             probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
-            rate = 0.6 * blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
-            for i in range(3 if st.quick else 6):
-                if utilisation(probe[-1], st.cpu_fraction) >= 0.6 or not sustained(probe[-1]):
+            rate = blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
+            for i in range(3 if st.quick else 8):
+                if not sustained(probe[-1]):
                     break
                 probe += blackbox.measure(pid, port, workload, [float(round(rate, -1))], st.duration_s,
                                           seed=st.seed + 501 + i, log=log)
                 rate *= 1.3
-            used = [r for r in probe if sustained(r)] or probe
+            used = sorted((r for r in probe if sustained(r)), key=lambda r: utilisation(r, st.cpu_fraction)) or probe
             d = blackbox.demands_of(used[-1:])
             predicted = d.saturation(st.cpu_fraction)["cpu"]
             log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply at {used[-1]['offered_rps']:g} req/s "
@@ -564,7 +565,8 @@ def main(argv=None) -> int:
                 cal = calibrate("sped", root, workload, None, 5.0 if args.quick else 10.0, seed=st.seed,
                                 server_args=LIVE_COMMON, name="calibrated-here", log=log,
                                 cpu_fraction=st.cpu_fraction, cgroup_procs=group.procs,
-                                max_runs=4 if args.quick else 8, growth=1.5 if args.quick else 1.3)
+                                max_runs=4 if args.quick else 8, growth=1.5 if args.quick else 1.3,
+                                untraced_runs=1 if args.quick else 2)
             finally:
                 group.close()
             calib_text = format_fits(cal)

@@ -111,6 +111,10 @@ def test_process_cpu_regression_recovers_scale_and_per_pass_cpu_into_the_profile
         runs.append(fit.RunCounts(req * 7, req, loops, 0, 0, 0.0, "", traced, 0.56 * traced + 58e-6 * loops))
     u = fit.fit_unseen(runs, ("traced", "loops"), target="process")
     assert u.coef["traced"] == pytest.approx(0.56, rel=0.01) and u.coef["loops"] == pytest.approx(58e-6, rel=0.02)
+    # the level again on the busiest runs, the per-pass CPU held
+    top = [fit.RunCounts(r.calls, r.requests, r.loops, 0, 0, 0.0, "", r.traced, 0.5 * r.traced + 58e-6 * r.loops)
+           for r in runs[-2:]]
+    assert fit.refit_scale(top, {"traced": 0.56, "loops": 58e-6}) == pytest.approx(0.5, rel=1e-6)
     fits = {"parse": fit.OpFit("parse", "call", 20e-6, 0.0, 10, 10, 1, 0, 0),
             "epoll_wait": fit.OpFit("epoll_wait", "event", 10e-6, 1e-6, 10, 10, 3, 0, 0)}
     prof, how = build_profile(fits, u, {"ctx_switch": 3e-6}, Hardware(cores=1), Footprint(), "t", "", "epoll_wait")
