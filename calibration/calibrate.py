@@ -295,8 +295,8 @@ def parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="sped", help="live architecture to calibrate on (default sped)")
     p.add_argument("--server-args", default="", help="extra flags for simrun serve, e.g. \"--max-conns 4000\"")
-    p.add_argument("--rates", help="offered request rates (default: 0.3 to 1.5 times the capacity a light probe "
-                                   "run predicts)")
+    p.add_argument("--rates", help="offered request rates (default: a light probe run, then rates rising x1.3 "
+                                   "from the capacity it suggests until the server no longer keeps up)")
     p.add_argument("--cpu-fraction", type=float, default=CPU_FRACTION,
                    help=f"share of core 0 the server may use, by a CFS quota (default {CPU_FRACTION}: a whole "
                         "core answers faster than one httperf can ask); the profile's costs are the core's own")
@@ -309,7 +309,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="calibrated-here", help="the profile's name")
     p.add_argument("--out", default="calibrated-here.toml", help="profile file to write (default calibrated-here.toml)")
-    p.add_argument("--quick", action="store_true", help="three rates, 5 s each")
+    p.add_argument("--quick", action="store_true", help="a probe and at most four rates rising x1.5, 5 s each")
     return p
 
 
