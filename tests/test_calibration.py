@@ -203,3 +203,28 @@ def test_bad_input_is_one_line(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (argv, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
+                    reason="needs root and iproute2")
+def test_shaped_link_and_cgroups_are_removed():
+    from calibration.cgroup import cpu_share, memory_limit
+    from calibration.netns import ShapedLink
+
+    def namespaces():
+        return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+    with ShapedLink(20.0) as link:
+        assert link.server_ns in namespaces() and link.client_ns in namespaces()
+        assert "rate 20Mbit" in link.qdisc_stats()
+        r = subprocess.run([link.httperf, "--version"], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0
+    assert link.server_ns not in namespaces() and link.client_ns not in namespaces()
+    with cpu_share(0.15) as g:
+        assert g.read("cpu.cfs_quota_us") == "1000" and g.read("cpu.cfs_period_us") == "6667"
+        path = g.path
+    assert not os.path.exists(path)
+    with memory_limit(64) as g:
+        assert int(g.read("memory.limit_in_bytes")) == 64 * 2 ** 20
+        path = g.path
+    assert not os.path.exists(path)
