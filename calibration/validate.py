@@ -138,7 +138,8 @@ def write_scenario(path: str, name: str, profile_path: str, hardware: dict, work
     lines += [f"{k} = {_toml_value(v)}" for k, v in hardware.items()]
     lines += ["", "[workload]"] + [f"{k} = {_toml_value(v)}" for k, v in wl.items()]
     lines += ["", "[run]", f"rates = {_toml_value([float(r) for r in rates])}", f"warmup_s = {st.sim_warmup_s!r}",
-              f"duration_s = {st.sim_duration_s!r}", "replications = 2", "max_replications = 3",
+              f"duration_s = {st.sim_duration_s!r}", f"replications = {2 if st.quick else 3}",
+              f"max_replications = {3 if st.quick else 5}",
               "ci_target_pct = 5.0", f"seed = {st.seed + 1}", "", "[[server]]", f"label = {_toml_value(case.name)}",
               f"architecture = {_toml_value(case.model)}"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in case.knobs.items()]
