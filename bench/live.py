@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from real.fileset import generate  # noqa: E402
+from calibration.measure import LiveServer, MeasureError  # noqa: E402
 from real.httperf import LoadError, Nginx, atomic_write_text, plan_instances, run_httperf  # noqa: E402
 from sim.fileset import FileSet  # noqa: E402
 from sim.workload import Workload  # noqa: E402
@@ -63,58 +62,9 @@ MAX_ERRORS_PCT = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Unavailable(Exception):
-    """A server that cannot be started here (missing module, unknown architecture, failed start)."""
-
-
-class PythonServer:
-    """`simrun serve ARCH` pinned to a core, started and stopped by pid."""
-
-    def __init__(self, arch: str, root: str, workdir: str):
-        self.arch, self.root, self.workdir = arch, root, workdir
-        self.proc = self.port = self.pid = None
-
-    def start(self, timeout_s: float = 20.0):
-        import importlib.util
-        if importlib.util.find_spec("real.serve") is None:
-            raise Unavailable("real/serve.py (simrun serve) does not exist yet")
-        out_path = os.path.join(self.workdir, f"{self.arch}.out")
-        err_path = os.path.join(self.workdir, f"{self.arch}.err")
-        cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "sim.cli", "serve", self.arch,
-               "--root", self.root, "--port", "0", *ARCHS[self.arch]]
-        with open(out_path, "w") as out, open(err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with open(out_path) as f:
-                line = f.readline()
-            if line.endswith("\n") and line.startswith("listening on "):
-                words = line.split()
-                self.port, self.pid = int(words[2].rsplit(":", 1)[1]), int(words[4])
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        with open(err_path) as f:
-            tail = f.read().strip().splitlines()
-        raise Unavailable(f"{self.arch} did not start: {tail[-1] if tail else 'no output'}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
+def PythonServer(arch: str, root: str, workdir: str) -> LiveServer:
+    """`simrun serve ARCH` pinned to the server core: the launcher calibration uses too."""
+    return LiveServer(arch, root, list(ARCHS[arch]), core=SERVER_CORE)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -315,7 +265,7 @@ def main(argv=None) -> int:
             server = Nginx(root, cpu=SERVER_CORE) if name == "nginx" else PythonServer(name, root, workdir)
             try:
                 server.start()
-            except (Unavailable, LoadError) as e:
+            except (LoadError, MeasureError) as e:
                 log(f"  {name:<9} unavailable: {e}")
                 results.append({"server": name, "unavailable": str(e)})
                 continue
