@@ -5,20 +5,26 @@ the SYN retransmission timeout, doubling it), sends its first request at once,
 and after each reply thinks (within a burst or between bursts) before the next.
 A request not answered within the timeout is an error: the client closes the
 connection and the session ends, as httperf does. Timeouts are found by a reaper
-that wakes a few times per simulated second over a heap of deadlines, so that a
+that wakes a few times per simulated second over the deadlines (in sending order), so that a
 request costs no timer event of its own.
 """
 from __future__ import annotations
 
 import heapq
 from array import array
+from collections import deque
 
 import numpy as np
 
+from .timer import call_later
 from .workload import Workload
 
 REAP_INTERVAL_S = 0.1
 FILE_BATCH = 1 << 14
+
+
+def _deadline_order(entry):
+    return entry[0], entry[1], entry[2]
 
 
 class Connection:
@@ -62,7 +68,10 @@ class Clients:
         self.header_bytes = server.header_bytes
         self._files = np.empty(0, dtype=np.int64)
         self._fpos = 0
-        self.deadlines: list = []
+        # deadlines of requests in flight: almost always sent in time order, so a FIFO;
+        # the few that are not (a first request timed from a SYN retried earlier) go to a heap
+        self.deadlines: deque = deque()
+        self.late_deadlines: list = []
         self.next_id = 0
         # measurement (inside the window only)
         self.replies = 0
@@ -118,7 +127,7 @@ class Clients:
         session_end = first[sid] + count[sid]
         burst_end = np.minimum(after, session_end)
         adopted = 0
-        env, send = self.env, self._send
+        env, resume = self.env, self._resume
         for k in nxt.tolist():
             s = int(sid[k])
             conn = Connection(self.next_id, int(count[s] - j[k]), float(born[s]))
@@ -128,7 +137,7 @@ class Clients:
             if not self.server.adopt(conn):
                 continue
             adopted += 1
-            env.timeout(float(t[k])).callbacks.append(lambda _e, c=conn: send(c) if not c.closed else None)
+            call_later(env, float(t[k]), resume, conn)
         return adopted
 
     # -- drawing --------------------------------------------------------------------------------
@@ -170,7 +179,16 @@ class Clients:
             if self.t0 <= now + (self.w.timeout_s - (now - conn.born)) < self.t1:
                 self.connect_failures += 1
             return
-        self.env.timeout(rto).callbacks.append(lambda _e: self._connect(conn))
+        call_later(self.env, rto, self._retry, conn)
+
+    def _retry(self, call):
+        self._connect(call.arg)
+
+    def _resume(self, call):
+        """The think time is over: the next request, unless the session was closed meanwhile."""
+        conn = call.arg
+        if not conn.closed:
+            self._send(conn)
 
     def _send(self, conn):
         """Send the next request of the session on its connection."""
@@ -180,7 +198,12 @@ class Clients:
         conn.reqno += 1
         conn.left -= 1
         conn.burst_left -= 1
-        heapq.heappush(self.deadlines, (conn.sent_at + self.w.timeout_s, conn.id, conn.reqno, conn))
+        entry = (conn.sent_at + self.w.timeout_s, conn.id, conn.reqno, conn)
+        dl = self.deadlines
+        if not dl or entry[0] >= dl[-1][0]:
+            dl.append(entry)
+        else:
+            heapq.heappush(self.late_deadlines, entry)
         if conn.accepted:
             conn.owner.signal(conn)
 
@@ -201,7 +224,7 @@ class Clients:
             think = self._think(self.w.think_between_bursts_s)
         else:
             think = self._think(self.w.think_within_burst_s)
-        self.env.timeout(think).callbacks.append(lambda _e: self._send(conn) if not conn.closed else None)
+        call_later(self.env, think, self._resume, conn)
 
     def _close(self, conn):
         """The client closes its end: the server will read EOF (or fail its next send)."""
@@ -212,12 +235,17 @@ class Clients:
             conn.owner.signal(conn)
 
     def _reaper(self):
-        env, dl, timeout_window = self.env, self.deadlines, (self.t0, self.t1)
+        env, dl, late, timeout_window = self.env, self.deadlines, self.late_deadlines, (self.t0, self.t1)
         while True:
             yield env.timeout(REAP_INTERVAL_S)
             now = env.now
+            due = []
             while dl and dl[0][0] <= now:
-                deadline, _cid, reqno, conn = heapq.heappop(dl)
+                due.append(dl.popleft())
+            while late and late[0][0] <= now:
+                due.append(heapq.heappop(late))
+            due.sort(key=_deadline_order)
+            for deadline, _cid, reqno, conn in due:
                 if conn.reqno == reqno and conn.file >= 0 and not conn.closed:
                     if timeout_window[0] <= deadline < timeout_window[1]:
                         self.timeouts += 1

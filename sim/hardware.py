@@ -11,6 +11,9 @@ import heapq
 from collections import OrderedDict, deque
 
 import simpy
+from simpy.events import Timeout
+
+from .timer import call_later
 
 
 class CPU:
@@ -20,7 +23,8 @@ class CPU:
     A core that changes entity pays `switch_cost` seconds (a kernel context switch).
     """
 
-    __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches", "core_busy")
+    __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches", "core_busy",
+                 "_done", "_finish_core")
 
     def __init__(self, env: simpy.Environment, cores: int, switch_cost: float):
         self.env = env
@@ -32,6 +36,11 @@ class CPU:
         self.busy = 0.0
         self.switches = 0
         self.core_busy = [0.0] * cores  # busy seconds of each core (the bottleneck report)
+        self._done = [None] * cores     # the event to fire when the core's burst ends, if queued
+        self._finish_core = [self._finisher(core) for core in range(cores)]
+
+    def _finisher(self, core):
+        return lambda _ev: self._finish(core)
 
     def run(self, entity, seconds: float) -> simpy.Event:
         """An event that fires when `entity` has had `seconds` of CPU."""
@@ -48,11 +57,13 @@ class CPU:
             self.switches += 1
         self.busy += seconds
         self.core_busy[core] += seconds
-        t = self.env.timeout(seconds)
-        t.callbacks.append(lambda _ev: self._finish(core, done))
+        self._done[core] = done
+        t = Timeout(self.env, seconds)
+        t.callbacks.append(self._finish_core[core])
         return t
 
-    def _finish(self, core, done):
+    def _finish(self, core):
+        done = self._done[core]
         if done is not None:
             done.succeed()
         if self.queue:
@@ -143,7 +154,7 @@ class Link:
         due = now + left * self.n / self.rate if left > 0.0 else now
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
-            self.env.timeout(due - now).callbacks.append(self._wake)
+            call_later(self.env, due - now, self._wake)
 
     def _wake(self, ev):
         now = self.env.now

@@ -104,9 +104,10 @@ class Server:
     # -- memory ---------------------------------------------------------------------------------
     def add_footprint(self, kb: float) -> None:
         """Resident memory taken by the servers; the page cache shrinks to make room."""
-        self.cache.footprint += kb * 1024
-        if kb > 0:
-            self.cache.shrink()
+        cache = self.cache
+        cache.footprint += kb * 1024
+        if kb > 0 and cache.used > cache.memory - cache.footprint:
+            cache.shrink()
 
     # -- the listen socket ----------------------------------------------------------------------
     def syn(self, conn) -> bool:
