@@ -120,24 +120,24 @@ class Clients:
         t = born[sid] + csum - csum[first][sid]
         future = t >= 0.0
         nxt = np.flatnonzero(future & ((j == 0) | ~np.roll(future, 1)))
-        # end of the burst holding each request: the next burst start, or the session's end
+        # end of the burst holding each resumed request: the next burst start, or the session's end
         idx = np.where(starts, np.arange(total), total)
         next_start = np.minimum.accumulate(idx[::-1])[::-1]
-        after = np.append(next_start[1:], total)
-        session_end = first[sid] + count[sid]
-        burst_end = np.minimum(after, session_end)
+        s_n = sid[nxt]
+        after = np.where(nxt + 1 < total, next_start[np.minimum(nxt + 1, total - 1)], total)
+        burst_left = np.minimum(after, first[s_n] + count[s_n]) - nxt
         adopted = 0
-        env, resume = self.env, self._resume
-        for k in nxt.tolist():
-            s = int(sid[k])
-            conn = Connection(self.next_id, int(count[s] - j[k]), float(born[s]))
+        env, resume, adopt = self.env, self._resume, self.server.adopt
+        for left, born_at, reqno, in_burst, at in zip((count[s_n] - j[nxt]).tolist(), born[s_n].tolist(),
+                                                      j[nxt].tolist(), burst_left.tolist(), t[nxt].tolist()):
+            conn = Connection(self.next_id, left, born_at)
             self.next_id += 1
-            conn.reqno = int(j[k])
-            conn.burst_left = int(burst_end[k] - k)
-            if not self.server.adopt(conn):
+            conn.reqno = reqno
+            conn.burst_left = in_burst
+            if not adopt(conn):
                 continue
             adopted += 1
-            call_later(env, float(t[k]), resume, conn)
+            call_later(env, at, resume, conn)
         return adopted
 
     # -- drawing --------------------------------------------------------------------------------
