@@ -6,15 +6,16 @@ its `role`). The calibration code reads it with `read_trace(path)`.
 
 What is recorded. Around each traced call the server takes the wall clock
 (time.perf_counter) and, for a pseudo-random sample of calls (probability
-CPU_SAMPLE, fixed seed per thread), the calling thread's CPU clock
-(time.thread_time: a system call, too dear to take on every call). The hot path
-only appends two floats per call (operation and units packed in one, seconds)
-to an array of its thread; each flush aggregates them with numpy per (role,
-operation, unit bucket), where the bucket of a call with u units is
-u.bit_length() (0 for u = 0, 1 for 1, 2 for 2-3, 3 for 4-7, ...): count and sums
-of units, units^2, wall, wall^2, units*wall, and the same over the CPU-sampled
-calls. Per-bucket sums let a fit of fixed + per-unit cost use the spread within
-buckets too.
+CPU_SAMPLE, random gaps from a fixed seed per thread), the calling thread's CPU
+clock (time.thread_time: a system call, too dear to take on every call). The
+hot path only appends two floats per call (operation and units packed in one,
+seconds) to an array of its thread, without a context manager or closure
+(floats: CPython adds and stores them faster than nanosecond integers);
+each flush aggregates them with numpy per (role, operation, unit bucket), where
+the bucket of a call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for
+2-3, 3 for 4-7, ...): count and sums of units, units^2, wall, wall^2, units*wall,
+and the same over the CPU-sampled calls. Per-bucket sums let a fit of fixed +
+per-unit cost use the spread within buckets too.
 
 Units are those of OPERATIONS: bytes for read/write/sendfile, descriptors in the
 interest set for poll/select, ready events for epoll_wait, 1 for `call`
@@ -64,8 +65,9 @@ FLUSH_EVERY = 2.0
 _perf = time.perf_counter
 _tcpu = time.thread_time
 
-# A record packs the operation and its units into one float: code * 2**40 + units (exact for
-# units below 2**40), so a traced call appends two floats. OP gives the packed code.
+# A record packs the operation and its units into one float, code = index * 2**40 + units (exact
+# for units below 2**40), so a traced call appends two floats: `code + units` and seconds. OP gives
+# each operation's code.
 _SHIFT = float(2 ** 40)
 OP: dict[str, float] = {name: i * _SHIFT for i, name in enumerate(OPERATION_NAMES)}
 
@@ -76,72 +78,88 @@ _FIELDS = ("count", "units", "units2", "wall", "wall2", "units_wall",
 class Recorder:
     """Per-thread raw records, aggregated (vectorised) at each flush.
 
-    The hot path is `t = rec.start(); <call>; rec.add(OP[name], units, t)`: two
-    float appends per call. `start()` returns the wall clock, negated when this
-    call is CPU-sampled (the thread clock then waits in `c0`; traced calls never
-    nest within a thread). `then()` ends one call and starts the next in one
-    clock reading. Only the owning thread appends; the flusher takes whole records
-    from the front, so no lock is needed.
+    The hot path, written out at each call site (a method call costs as much as
+    the recording itself)::
+
+        t = rec.start()
+        <call>
+        if t > 0.0: w = rec.w; w(OP[name] + units); w(_perf() - t)
+        else: rec.sampled(OP[name] + units, t)
+
+    (`rec.add(code, t)` does the same in one call, for the rarer operations.)
+    `start()` returns the wall clock, negated when this call is CPU-sampled
+    (the thread clock then waits in `c0`; traced calls never nest within a
+    thread). `then()` ends one call and starts the next in one clock reading.
+    Only the owning thread appends; the flusher takes whole records from the
+    front, so no lock is needed.
     """
 
-    __slots__ = ("role", "wall", "cpu", "_aw", "_ac", "_rand", "_gap", "_k", "c0")
+    __slots__ = ("role", "wall", "cpu", "w", "c", "k", "c0", "_rand", "_gap")
 
     def __init__(self, role: str, seed: int, p: float):
         self.role = role
-        self.wall = array("d")   # packed op+units, wall seconds; 2 per call
-        self.cpu = array("d")    # packed op+units, CPU seconds; 2 per sampled call
-        self._aw = self.wall.append
-        self._ac = self.cpu.append
+        self.wall = array("d")   # code + units, wall seconds; 2 per call
+        self.cpu = array("d")    # code + units, CPU seconds; 2 per sampled call
+        self.w = self.wall.append
+        self.c = self.cpu.append
         self._rand = random.Random(seed).random
         # gaps between sampled calls: uniform on 1..2/p-1 (mean 1/p), random so no
         # periodic pattern of calls can alias with the sampling
         self._gap = max(1.0, 2.0 / p - 1.0) if p > 0 else 0.0
-        self._k = self._next()
+        self.k = self._next()
         self.c0 = 0.0
 
     def _next(self) -> int:
         return 1 + int(self._rand() * self._gap) if self._gap else -1
 
     def start(self) -> float:
-        self._k -= 1
-        if self._k:
+        k = self.k - 1
+        if k:
+            self.k = k
             return _perf()
-        self._k = self._next()
+        self.k = self._next()
         self.c0 = _tcpu()
         return -_perf()
 
-    def add(self, op: float, units: int, t: float) -> None:
-        aw = self._aw
-        aw(op + units)
-        if t < 0.0:
-            aw(_perf() + t)
-            ac = self._ac
-            ac(op + units)
-            ac(_tcpu() - self.c0)
+    def sampled(self, code: float, t: float) -> None:
+        """End a CPU-sampled call (t < 0)."""
+        w = self.w
+        w(code)
+        w(_perf() + t)
+        c = self.c
+        c(code)
+        c(_tcpu() - self.c0)
+
+    def add(self, code: float, t: float) -> None:
+        """End the call started at t, with code = OP[name] + units."""
+        if t > 0.0:
+            w = self.w
+            w(code)
+            w(_perf() - t)
         else:
-            aw(_perf() - t)
+            self.sampled(code, t)
 
-    def then(self, op: float, units: int, t: float) -> float:
+    def then(self, code: float, t: float) -> float:
         """add() for the call that just ended, and the start of the next, sampled alike."""
-        aw = self._aw
-        aw(op + units)
+        w = self.w
+        w(code)
         now = _perf()
-        if t < 0.0:
-            aw(now + t)
-            c = _tcpu()
-            ac = self._ac
-            ac(op + units)
-            ac(c - self.c0)
-            self.c0 = c
-            return -now
-        aw(now - t)
-        return now
+        if t > 0.0:
+            w(now - t)
+            return now
+        w(now + t)
+        c = _tcpu()
+        ac = self.c
+        ac(code)
+        ac(c - self.c0)
+        self.c0 = c
+        return -now
 
-    def count(self, op: float, units: int = 1) -> None:
+    def count(self, code: float) -> None:
         """Count a call whose own cost cannot be timed apart (ult_switch): wall 0."""
-        aw = self._aw
-        aw(op + units)
-        aw(0.0)
+        w = self.w
+        w(code)
+        w(0.0)
 
     def take(self) -> tuple[array, array]:
         """The complete records so far, removed from the buffers (called by the flusher)."""
@@ -154,41 +172,50 @@ class Recorder:
         return out[0], out[1]
 
 
+_BUCKETS = 64      # key = operation index * _BUCKETS + bucket; buckets run to 41
+
+
 def _aggregate(records: array, into: dict, role: str, offset: int) -> None:
-    """Add (packed op+units, seconds) pairs to into[(role, op, bucket)][offset:offset+6]."""
+    """Add (code + units, seconds) pairs to into[(role, op, bucket)][offset:offset+6]."""
     if not records:
         return
     import numpy as np
     r = np.frombuffer(records, dtype=np.float64).reshape(-1, 2)
     op = np.floor(r[:, 0] / _SHIFT)
     u = r[:, 0] - op * _SHIFT
-    op = op.astype(np.int64)
     x = r[:, 1]
-    bucket = np.frexp(u)[1].astype(np.int64)      # == int(u).bit_length() for u >= 0
-    keys, inv = np.unique(op * 256 + bucket, return_inverse=True)
-    sums = [np.bincount(inv, minlength=len(keys)).astype(np.float64)]
-    for w in (u, u * u, x, x * x, u * x):
-        sums.append(np.bincount(inv, weights=w, minlength=len(keys)))
-    for j, key in enumerate(keys.tolist()):
-        k = (role, OPERATION_NAMES[key // 256], key % 256)
-        acc = into.get(k)
+    key = op.astype(np.int64) * _BUCKETS + np.frexp(u)[1]    # frexp's exponent == int(u).bit_length()
+    n = np.bincount(key)
+    keys = np.flatnonzero(n)
+    sums = [n[keys].astype(np.float64)]
+    for wgt in (u, u * u, x, x * x, u * x):
+        sums.append(np.bincount(key, weights=wgt, minlength=len(n))[keys])
+    for j, k in enumerate(keys.tolist()):
+        name = (role, OPERATION_NAMES[k // _BUCKETS], k % _BUCKETS)
+        acc = into.get(name)
         if acc is None:
-            acc = into[k] = [0.0] * 12
+            acc = into[name] = [0.0] * 12
         for i in range(6):
             acc[offset + i] += float(sums[i][j])
 
 
 def measure_bias(n: int = 2000) -> tuple[float, float]:
     """Mean wall and CPU seconds that tracing itself adds to one traced call: the median of
-    five batches of empty calls, all CPU-sampled. A sampled CPU interval contains about
-    one thread_time() system call, comparable to a cheap traced call, so calibration
-    should subtract these (meta wall_bias and cpu_bias of the file)."""
+    five batches of empty calls, all CPU-sampled, traced as the servers trace theirs. A
+    sampled CPU interval contains about one thread_time() system call, comparable to a
+    cheap traced call, so calibration should subtract these (meta wall_bias and cpu_bias)."""
     walls, cpus = [], []
+    code = OP["parse"] + 1
     for _ in range(5):
         rec = Recorder("bias", 1, 1.0)
         for _ in range(n // 5):
             t = rec.start()
-            rec.add(0.0, 0, t)
+            if t > 0.0:
+                w = rec.w
+                w(code)
+                w(_perf() - t)
+            else:
+                rec.sampled(code, t)
         w = rec.wall[1::2]
         c = rec.cpu[1::2]
         walls.append(sum(w) / len(w))

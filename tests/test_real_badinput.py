@@ -240,3 +240,43 @@ def test_no_descriptor_leaked(srv):
     outside = sorted(f for f in n["files"] if not f.startswith(srv.root + "/"))
     assert outside == sorted(f for f in base["files"] if not f.startswith(srv.root + "/"))
     assert len(n["files"]) - len(outside) <= CACHE * len(srv.pids())
+
+
+def test_fast_parse_paths_agree_with_the_general_parser():
+    """The fast paths (CRLF CRLF by find, a plain head by one regex, a plain target) give exactly
+    what the general code gives, on a seeded mix of good and bad heads and of split buffers."""
+    import random
+    from real import http
+    rng = random.Random(7)
+    lines = [b"GET / HTTP/1.1", b"HEAD /a/b.txt HTTP/1.0", b"GET /a%2e%2e/x HTTP/1.1", b"PUT /x HTTP/1.1",
+             b"GET /\x01 HTTP/1.1", b"GET /" + b"x" * 4100 + b" HTTP/1.1", b"GET /x HTTP/2.0", b"GET  / HTTP/1.1",
+             b"GET /a?b HTTP/1.1\r", b"G\x00T / HTTP/1.1", b"GET /\xc3\xa9 HTTP/1.1"]
+    fields = [b"Host: a", b"host:b ", b"Connection: close", b"Connection: keep-alive", b"X:\tv\t", b" folded",
+              b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked", b"Bad Name: x",
+              b"X: a\x01b", b"X: a\rb", b"NoColon", b"X:", b"X: \xff"]
+    seen, fast_hits = set(), 0
+    for _ in range(4000):
+        head = rng.choice(lines) + b"".join(rng.choice((b"\r\n", b"\n")) + rng.choice(fields)
+                                            for _ in range(rng.choice((0, 1, 2, 3, 101))))
+        fast, general = _outcome(http.parse_head, head), _outcome(http._parse_head_general, head)
+        assert fast == general, head
+        seen.add(fast[:2])
+        fast_hits += http._FAST_HEAD.match(head) is not None
+    assert fast_hits > 200 and ("ok", b"GET") in seen and ("error", 400) in seen and ("error", 505) in seen and ("error", 431) in seen
+    for target in (b"/a/b", b"/a//b/", b"/./a", b"/a/../b", b"/.x", b"/a.b/c-d_e~f", b"/a?x", b"/%61", b"/",
+                   b"/a/.", b"/a\\b", b"/~u/-x"):
+        assert _outcome(http.target_path, target) == _outcome(http._target_path_general, target), target
+    pieces = [b"GET / HTTP/1.1", b"\r\n", b"\n", b"\r", b"Host: a", b"\r\n\r\n", b"\n\n", b"\n\r\n"]
+    for _ in range(4000):
+        buf = bytearray(b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12))))
+        m = http._HEAD_END.search(buf, 0, http.MAX_HEADER_BYTES + 4)
+        assert http.head_end(buf) == (m.span() if m else None), bytes(buf)
+
+
+def _outcome(fn, arg):
+    from real.http import HttpError
+    try:
+        r = fn(arg)
+        return ("ok", r.method, r.target, r.version, r.headers, r.keep_alive) if hasattr(r, "method") else ("ok", r)
+    except HttpError as e:
+        return ("error", e.status, e.close)

@@ -154,9 +154,9 @@ def test_trace_aggregates_exactly(tmp_path):
     rec = tr.recorder("loop")
     for units in (0, 1, 2, 3, 4, 1000, 1500):
         t = rec.start()
-        rec.add(OP["sendfile"], units, t)
+        rec.add(OP["sendfile"] + units, t)
     tr.flush()                       # a flush in the middle changes nothing
-    rec.count(OP["ult_switch"])
+    rec.count(OP["ult_switch"] + 1)
     tr.close()
     t = read_trace(tr.path)
     assert t.complete and t.meta["arch"] == "unit" and float(t.meta["cpu_bias"]) > 0

@@ -21,9 +21,8 @@ import time
 from dataclasses import dataclass
 
 from .. import http
-from ..trace import OP, Recorder, Tracer
+from ..trace import OP, Recorder, Tracer, _perf
 
-_perf = time.perf_counter
 RECV_SIZE = 16384
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
@@ -135,7 +134,7 @@ def traced_accept(lsock: socket.socket, rec: Recorder | None):
         ok = 1
         return s
     finally:
-        rec.add(OP_ACCEPT, ok, t)
+        rec.add(OP_ACCEPT + ok, t)
 
 
 class Conn:
@@ -170,54 +169,63 @@ class Conn:
             try:
                 data = self.sock.recv(RECV_SIZE)
             finally:
-                rec.add(OP_READ, len(data), t)
+                if t > 0.0:
+                    w = rec.w
+                    w(OP_READ + len(data))
+                    w(_perf() - t)
+                else:
+                    rec.sampled(OP_READ + len(data), t)
         if data:
             if not self.started:
                 self.started = now
-            self.parser.feed(data)
+            self.parser.buf += data
             self.last = now
         return len(data)
 
     def next_reply(self) -> http.Reply | None:
         """Parse the next buffered request and build its reply (also kept in self.reply);
         None when no complete request is buffered."""
-        if not self.parser.buf:
+        parser = self.parser
+        if not parser.buf:
             self.started = 0.0
             return None
         rec = self.rec
         if rec is None:
             try:
-                req = self.parser.next_request()
+                req = parser.next_request()
             except http.HttpError as err:
-                req = None
                 self.reply = http.error_reply(err)
                 self.drain = err.close
             else:
                 if req is None:
-                    if not self.parser.started:
+                    if not parser.started:
                         self.started = 0.0
                     return None
                 self.reply = http.lookup_reply(self.cache, req)[0]
         else:
             t = rec.start()
             try:
-                req = self.parser.next_request()
+                req = parser.next_request()
             except http.HttpError as err:
-                req = None
                 self.reply = http.error_reply(err)
                 self.drain = err.close
-                rec.add(OP_PARSE, 1, t)
+                rec.add(OP_PARSE + 1, t)
             else:
                 if req is None:     # incomplete: not a parse, just a look at the buffer
-                    if not self.parser.started:
+                    if not parser.started:
                         self.started = 0.0
                     return None
-                t = rec.then(OP_PARSE, 1, t)
+                t = rec.then(OP_PARSE + 1, t)
                 self.reply, hit = http.lookup_reply(self.cache, req)
-                rec.add(OP_STAT if hit else OP_OPEN, 1, t)
-        self.started = 0.0
-        if self.parser.started:      # a pipelined request already began
-            self.started = self.last
+                code = OP_STAT + 1 if hit else OP_OPEN + 1
+                if t > 0.0:
+                    w = rec.w
+                    w(code)
+                    w(_perf() - t)
+                else:
+                    rec.sampled(code, t)
+        # a pipelined request may have begun already
+        self.started = self.last if parser.buf and parser.started else 0.0
         return self.reply
 
     # -- sending -----------------------------------------------------------
@@ -227,32 +235,43 @@ class Conn:
         r = self.reply
         rec = self.rec
         try:
-            if r.head:
-                flags = MSG_MORE if r.length else 0
+            head = r.head
+            if head:
+                length = r.length
                 if rec is None:
-                    n = self.sock.send(r.head, flags)
+                    n = self.sock.send(head, MSG_MORE if length else 0)
                 else:
                     t = rec.start()
                     n = 0
                     try:
-                        n = self.sock.send(r.head, flags)
+                        n = self.sock.send(head, MSG_MORE if length else 0)
                     finally:
-                        rec.add(OP_WRITE, n, t)
-                r.head = r.head[n:]
+                        if t > 0.0:
+                            w = rec.w
+                            w(OP_WRITE + n)
+                            w(_perf() - t)
+                        else:
+                            rec.sampled(OP_WRITE + n, t)
                 self.last = now
-                if r.head:
+                if n < len(head):
+                    r.head = head[n:]
                     return False
-            fd = self.fd
+                r.head = b""
             while r.length:
                 if rec is None:
-                    n = os.sendfile(fd, r.entry.fd, r.offset, r.length)
+                    n = os.sendfile(self.fd, r.entry.fd, r.offset, r.length)
                 else:
                     t = rec.start()
                     n = 0
                     try:
-                        n = os.sendfile(fd, r.entry.fd, r.offset, r.length)
+                        n = os.sendfile(self.fd, r.entry.fd, r.offset, r.length)
                     finally:
-                        rec.add(OP_SENDFILE, n, t)
+                        if t > 0.0:
+                            w = rec.w
+                            w(OP_SENDFILE + n)
+                            w(_perf() - t)
+                        else:
+                            rec.sampled(OP_SENDFILE + n, t)
                 if n == 0:
                     raise ConnectionAbortedError("file shorter than its cached size")
                 r.offset += n
@@ -315,7 +334,7 @@ class Conn:
             try:
                 self.sock.close()
             finally:
-                rec.add(OP_CLOSE, 1, t)
+                rec.add(OP_CLOSE + 1, t)
 
 
 def log(msg: str) -> None:

@@ -55,7 +55,7 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
 
     def drop(c: Conn) -> None:
         try:
-            ev.unregister(c.fd)
+            ev.forget(c.fd)          # closed just below (connections are never shared)
         except (OSError, KeyError, ValueError):
             pass
         del conns[c.fd]

@@ -9,15 +9,13 @@ changing them costs no system call and is not traced.
 from __future__ import annotations
 
 import select
-import time
 
-from ..trace import OP, Recorder
+from ..trace import OP, Recorder, _perf
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
 ERR = select.EPOLLERR
 HUP = select.EPOLLHUP
-_perf = time.perf_counter
 
 # select.select refuses descriptors >= FD_SETSIZE
 FD_SETSIZE = 1024
@@ -45,7 +43,7 @@ class EpollSet:
         try:
             fn(*args)
         finally:
-            rec.add(OP_EPOLL_CTL, 1, t)
+            rec.add(OP_EPOLL_CTL + 1, t)
 
     def register(self, fd: int, mask: int) -> None:
         self._ctl(self.ep.register, fd, mask)
@@ -58,6 +56,10 @@ class EpollSet:
         self._ctl(self.ep.unregister, fd)
         self.n -= 1
 
+    def forget(self, fd: int) -> None:
+        """`fd` is about to be closed, which takes it out of the epoll set: no system call."""
+        self.n -= 1
+
     def wait(self, timeout: float) -> list:
         rec = self.rec
         if rec is None:
@@ -67,7 +69,12 @@ class EpollSet:
         try:
             ev = self.ep.poll(timeout)
         finally:
-            rec.add(OP_EPOLL_WAIT, len(ev), t)
+            if t > 0.0:
+                w = rec.w
+                w(OP_EPOLL_WAIT + len(ev))
+                w(_perf() - t)
+            else:
+                rec.sampled(OP_EPOLL_WAIT + len(ev), t)
         return ev
 
     def close(self) -> None:
@@ -93,6 +100,8 @@ class PollSet:
         self.p.unregister(fd)
         self.n -= 1
 
+    forget = unregister         # the set is in user space: forget it before the close
+
     def wait(self, timeout: float) -> list:
         ms = max(0, int(timeout * 1000))
         rec = self.rec
@@ -102,7 +111,7 @@ class PollSet:
         try:
             return self.p.poll(ms)
         finally:
-            rec.add(OP_POLL, self.n, t)
+            rec.add(OP_POLL + self.n, t)
 
     def close(self) -> None:
         pass
@@ -129,6 +138,8 @@ class SelectSet:
         self.r.discard(fd)
         self.w.discard(fd)
 
+    forget = unregister         # the set is in user space: forget it before the close
+
     @property
     def n(self) -> int:
         return len(self.r | self.w)
@@ -145,7 +156,7 @@ class SelectSet:
             try:
                 rr, ww, _ = select.select(r, w, [], timeout)
             finally:
-                rec.add(OP_SELECT, len(r) + len(w), t)
+                rec.add(OP_SELECT + len(r) + len(w), t)
         if not ww:
             return [(fd, IN) for fd in rr]
         out: dict[int, int] = {fd: IN for fd in rr}

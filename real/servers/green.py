@@ -42,10 +42,13 @@ def run(cfg: Config) -> int:
     class Expired(Exception):
         pass
 
+    count = rec.w if rec is not None else None
+
     def wait(fn, fd: int, timeout: float) -> None:
-        if rec is not None:
-            rec.count(OP_ULT_SWITCH)
-        fn(fd, timeout=max(0.0, timeout), timeout_exc=Expired())
+        if count is not None:       # ult_switch: counted, wall 0 (Recorder.count, inline)
+            count(OP_ULT_SWITCH + 1)
+            count(0.0)
+        fn(fd, timeout=max(0.0, timeout), timeout_exc=Expired)   # the class: an instance only when it expires
 
     def handle(s) -> None:
         c = Conn(s, ctx.cache, rec, clock())
@@ -96,8 +99,9 @@ def run(cfg: Config) -> int:
             try:
                 s = traced_accept(lsock, rec)
             except BlockingIOError:
-                if rec is not None:
-                    rec.count(OP_ULT_SWITCH)
+                if count is not None:
+                    count(OP_ULT_SWITCH + 1)
+                    count(0.0)
                 wait_read(lfd)
                 continue
             except OSError as e:

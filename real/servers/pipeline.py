@@ -24,11 +24,9 @@ import threading
 import time
 
 from . import events
-from ..trace import OP
+from ..trace import OP, _perf
 from .base import Config, Conn, Context, Stopper, announce, log, make_listener, traced_accept
 from .events import IN, OUT
-
-_perf = time.perf_counter
 
 OP_HANDOFF = OP['handoff']
 
@@ -53,7 +51,12 @@ class Stage:
         t = rec.start()
         self.inbox.append(c)
         os.eventfd_write(self.wake, 1)
-        rec.add(OP_HANDOFF, 1, t)
+        if t > 0.0:
+            w = rec.w
+            w(OP_HANDOFF + 1)
+            w(_perf() - t)
+        else:
+            rec.sampled(OP_HANDOFF + 1, t)
 
     def drain(self) -> list[Conn]:
         try:
@@ -115,7 +118,12 @@ def run(cfg: Config) -> int:
             return
         t = rec.start()
         work.put(c)
-        rec.add(OP_HANDOFF, 1, t)
+        if t > 0.0:
+            w = rec.w
+            w(OP_HANDOFF + 1)
+            w(_perf() - t)
+        else:
+            rec.sampled(OP_HANDOFF + 1, t)
 
     def accept_stage() -> None:
         rec = ctx.recorder("accept")
