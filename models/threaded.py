@@ -10,10 +10,27 @@ the thread count is the connection limit, and every thread costs memory.
 a positive value is a fixed pool (Apache), and connections beyond it wait in the
 listen queue.
 
-With `gil` on, the threads share CPython's interpreter lock: the Python part of a
-request (parsing, the header and descriptor lookups) runs only while holding it,
-and the lock is released around the blocking system calls (read, sendfile, accept,
-close), whose kernel work runs in parallel on other cores.
+With `gil` on, the threads share CPython's interpreter lock, taken and given back
+as CPython does: every blocking system call (recv, the header's send, sendfile,
+close) lets the lock go around its kernel work, and the thread takes it back on
+its return, on its core. So a request takes the lock three times, each time
+from a thread that is running, and the lock is contended only when another
+thread holds it at that instant: on several cores, a thread running Python on
+another core; on one core, only a holder taken off the core in mid-Python
+(preempted or throttled), which these non-preemptive bursts never are. The
+return from the system call and the Python that follows run as one burst; the
+lock's timeline records when the last Python section ended, and a thread whose
+section would have overlapped it sleeps until then, is handed the lock
+(`handoff`) and runs the overlapped part after it. The switch interval (5 ms)
+does not enter: it shares the lock among holders that run Python for longer
+than that, and a request's Python here is tens of microseconds.
+
+A holder does leave its core in mid-Python when a CFS quota runs out (the
+hardware's `cpu_quota`): the CPU then marks the burst with `cut`, the CPU
+seconds into it where the period's share ran out. If that falls in the Python
+section, the threads waiting for the core run first in the next period, each
+finds the lock held and sleeps on it (a `handoff` each): the convoy that costs
+a Python server on a short CFS period up to half its share.
 """
 from __future__ import annotations
 
@@ -37,32 +54,20 @@ class Knobs:
 
 
 class GIL:
-    """One lock every thread must hold to run Python code; FIFO hand-over when contended."""
+    """The interpreter lock as a timeline: when the last Python section ended, and counters.
 
-    __slots__ = ("env", "holder", "waiters", "handovers")
+    A section is charged with the system call return before it as one CPU burst, so the
+    lock is checked when the burst ends: its Python ran in the last `python` seconds."""
 
-    def __init__(self, env):
-        self.env = env
-        self.holder = None
-        self.waiters: deque = deque()
+    __slots__ = ("free_at", "acquisitions", "handovers", "waited_s", "convoys", "futile")
+
+    def __init__(self):
+        self.free_at = 0.0
+        self.acquisitions = 0
         self.handovers = 0
-
-    def acquire(self, thread):
-        """None if taken at once, else the event of the hand-over."""
-        if self.holder is None:
-            self.holder = thread
-            return None
-        ev = simpy.Event(self.env)
-        self.waiters.append((thread, ev))
-        return ev
-
-    def release(self) -> None:
-        if self.waiters:
-            self.holder, ev = self.waiters.popleft()
-            self.handovers += 1
-            ev.succeed()
-        else:
-            self.holder = None
+        self.waited_s = 0.0
+        self.convoys = 0                  # holders throttled in mid-Python
+        self.futile = 0                   # threads that ran meanwhile and found the lock held
 
 
 class Threaded:
@@ -73,7 +78,8 @@ class Threaded:
         self.idle: list = []              # threads waiting for a connection
         self.threads: list = []
         self.limit = knobs.threads if knobs.threads else knobs.max_conns
-        self.gil = GIL(server.env) if knobs.gil else None
+        self.gil = GIL() if knobs.gil else None
+        self.requests = 0                 # requests parsed (the lock counters are per request of these)
 
     def spawn(self):
         server = self.server
@@ -91,6 +97,48 @@ class Threaded:
             return self.spawn()
         return None
 
+    def locked(self, w, before: float, python: float, after: float = 0.0, takes: int = 1):
+        """One burst of a running thread: `before` (a system call's return, without the lock),
+        `python` (with it) and `after` (the next system calls, which let it go again).
+
+        The lock is checked when the burst ends: if another thread's Python section (on
+        another core) had not ended when this one began, this thread sleeps until it has,
+        is handed the lock and runs the overlapped part again, until its section overlaps
+        no other. `takes` counts the lock's acquisitions in the burst (one per system call
+        it returns from). A burst cut by the CPU quota in its Python section leaves the lock
+        held across the throttle: every thread then waiting for the core runs, finds it held
+        and sleeps on it, a hand-over's cost each."""
+        gil, env, handoff = self.gil, self.server.env, self.server.costs.handoff
+        gil.acquisitions += takes
+        ev = w.run(before + python + after)
+        yield ev
+        cut = getattr(ev, "cut", -1.0)
+        if before < cut < before + python:
+            n = len(self.server.cpu.queue)
+            gil.convoys += 1
+            gil.futile += n
+            if n:
+                yield w.run(n * handoff)
+        handed = False
+        while True:
+            end = env.now - after
+            start = end - python
+            if gil.free_at <= start + 1e-12:
+                if end > gil.free_at:
+                    gil.free_at = end
+                return
+            overlap = min(python, gil.free_at - start)
+            if end > gil.free_at:
+                gil.free_at = end                # the part after the other section stands
+            if gil.free_at > env.now:
+                gil.waited_s += gil.free_at - env.now
+                yield env.timeout(gil.free_at - env.now)
+            if not handed:
+                handed = True
+                gil.handovers += 1
+            python, after = overlap + handoff, 0.0
+            yield w.run(python)
+
     def listen(self):
         """The listener: accept one connection per free thread, and hand it over."""
         server, lst, c = self.server, self.listener, self.server.costs
@@ -107,13 +155,16 @@ class Threaded:
                 cpu += c.accept + c.net_conn + c.handoff
                 n += 1
             cpu += c.accept                      # the accept that finds the queue empty (or no thread)
-            yield lst.run(cpu)
+            if self.gil is None:
+                yield lst.run(cpu)
+            else:                                # back from the accepts: the hand-over is Python
+                yield from self.locked(lst, cpu - n * c.handoff, n * c.handoff, takes=0)
 
     def serve(self, w):
         """One worker thread: wait for a connection, serve it until the client closes."""
         server, c, gil = self.server, self.server.costs, self.gil
         cache, sizes, sndbuf, reply_sent = server.cache, server.sizes, server.sndbuf, server.reply_sent
-        kernel_fixed = c.read + c.write + c.write_u * server.header_bytes + c.sendfile
+        header = c.write + c.write_u * server.header_bytes
         per_byte = c.sendfile_u + c.net_tx_u
         while True:
             if not w.ready:
@@ -122,7 +173,10 @@ class Threaded:
             conn = w.ready.pop()
             conn.queued = False
             if conn.closed:                      # read returns EOF: close, and wait for the next one
-                yield w.run(c.read + c.close)
+                if gil is None:
+                    yield w.run(c.read + c.close)
+                else:                            # read (EOF) and close, each taking the lock back
+                    yield from self.locked(w, c.read + c.close, 0.0, takes=2)
                 server.close(conn)
                 self.idle.append(w)
                 self.listener.wake()
@@ -130,28 +184,26 @@ class Threaded:
             if conn.file < 0:
                 continue
             f = conn.file
+            self.requests += 1
             python = c.parse + (c.stat if server.header_cached(w, f) else c.open)
-            kernel = kernel_fixed + per_byte * conn.size
-            if gil is not None:                  # the Python part holds the lock, the system calls do not
-                ev = gil.acquire(w)
-                if ev is not None:
-                    yield ev
-                    python += c.handoff
-                yield w.run(python)
-                gil.release()
-                yield w.run(kernel)
+            body = c.sendfile + per_byte * conn.size
+            if gil is None:
+                yield w.run(c.read + python + header + body)
             else:
-                yield w.run(python + kernel)
+                # as the live server does it: recv returns, parse and look up (the lock held),
+                # send the header, sendfile; each system call lets the lock go and takes it back
+                yield from self.locked(w, c.read, python, header + body, takes=3)
             conn.unsent = conn.size
             miss = cache.touch(f, sizes[f])
+            blocked = miss is not None or (not conn.closed and conn.size > sndbuf)
             if miss is not None:
                 yield from server.block(w, miss)
+            if not conn.closed and conn.size > sndbuf:   # sendfile blocks until the rest fits the buffer
+                yield from server.blocking_send(w, conn, conn.size - sndbuf)
+            if blocked and gil is not None:      # woken in sendfile: the return takes the lock again
+                yield from self.locked(w, 0.0, 0.0, takes=0)
             if conn.closed:
                 continue
-            if conn.size > sndbuf:               # sendfile blocks until the rest fits the socket buffer
-                yield from server.blocking_send(w, conn, conn.size - sndbuf)
-                if conn.closed:
-                    continue
             server.send(conn, conn.unsent, reply_sent)
 
 
@@ -170,7 +222,10 @@ def start(server, knobs: Knobs) -> list:
 
 
 def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
-    """CPU seconds per request, usable cores (one, for the Python part, with the GIL), footprint KB."""
+    """CPU seconds per request, usable cores (one, for the Python part, with the GIL), footprint KB.
+
+    With the GIL on several cores, the Python sections queue for the lock at saturation,
+    each handed over once; on one core the lock is never held by another thread."""
     cost = profile.cost
     fp = profile.footprint
     per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write")(workload.header_bytes)
@@ -179,7 +234,8 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     cpu = per_request + per_connection / workload.mean_requests_per_session
     threads = knobs.threads or knobs.max_conns
     cores = min(hw.cores, threads)
-    if knobs.gil:   # the Python part is serial: it bounds the rate wherever it is the larger share
-        python = cost("parse")() + cost("stat")()
+    if knobs.gil and cores > 1:   # the Python part is serial: it bounds the rate wherever it is the larger share
+        python = cost("parse")() + cost("stat")() + cost("handoff")()
+        cpu += cost("handoff")()
         cores = min(cores, cpu / python) if python > 0 else cores
     return cpu, cores, fp.process_kb + (threads + 1) * fp.kernel_thread_kb
