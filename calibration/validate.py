@@ -75,16 +75,26 @@ class Case:
     setting: str                   # cpu | nic | disk | blackbox
     held_out: bool = True
     note: str = ""
+    cpu_period_us: int | None = None   # CFS period of the CPU share (None: the shortest, see cgroup.cpu_share)
 
 
-def all_cases(threads: int = 256) -> list[Case]:
+# The threaded case's CFS period. With the shortest (1 ms of quota every 6.7 ms) the quota runs out
+# ~150 times a second, often while a thread holds the interpreter lock; the threads that run
+# next find it held and sleep on it, so the server loses up to half its share to these convoys
+# (measured 2026-11-26: 1,260 replies/s and 117 us of CPU per reply at 2,200 offered, against
+# 2,068 and 67 us with a 100 ms period). A slower core has no such throttling, and the simulator
+# models a slower core; 15 ms every 100 ms throttles the lock's holder 15 times less often.
+THREADED_PERIOD_US = 100_000
+
+
+def all_cases(threads: int = 256, threaded_period_us: int | None = THREADED_PERIOD_US) -> list[Case]:
     return [
         Case("sped-cpu", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "cpu", held_out=False,
              note="the calibration's configuration"),
         Case("symped-2p", "symped", ["--processes", "2"] + LIVE_COMMON, "symped",
              {**MODEL_COMMON, "processes": 2, "shared_cache": False}, "cpu"),
         Case("threaded-gil", "threaded", ["--threads", str(threads)], "threaded",
-             {"threads": threads, "max_conns": threads, "gil": True}, "cpu"),
+             {"threads": threads, "max_conns": threads, "gil": True}, "cpu", cpu_period_us=threaded_period_us),
         Case("nic-tbf", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "nic"),
         Case("disk-cgroup", "sped", LIVE_COMMON, "sped", dict(MODEL_COMMON), "disk"),
         Case("nginx-blackbox", "nginx", [], "symped",
@@ -114,6 +124,7 @@ class Settings:
     seed: int = 0
     log: object = print
     workdir: str = ""
+    sim_quota: bool = False        # simulate the CPU share as a CFS quota, not as a slower core
 
 
 # ---------------------------------------------------------------- the simulator's side
@@ -223,6 +234,24 @@ def verdict(c: dict, held_out: bool) -> str:
 
 # ---------------------------------------------------------------- the live side of each case
 
+def quota_supported() -> bool:
+    """Whether this simulator's CPU applies the hardware's `cpu_quota` (a CFS bandwidth limit)."""
+    import inspect
+    from sim.hardware import CPU
+    return "quota" in inspect.signature(CPU.__init__).parameters
+
+
+def cpu_setting(profile, hw: dict, st: Settings, period_us: int):
+    """The simulator's side of a share of the core: the profile and hardware to simulate, and the
+    profile the analytic twin picks the rates with (it knows no quota). By default a core
+    `fraction` times as fast (every cost divided by it); with `sim_quota` the core as it is, under
+    the same CFS quota and period as the live server (bursts at full speed, then throttled)."""
+    slow = scaled_profile(profile, st.cpu_fraction)
+    if not st.sim_quota:
+        return slow, hw, slow
+    return profile, {**hw, "cpu_quota": st.cpu_fraction, "cpu_period_ms": period_us / 1000}, slow
+
+
 def live_hardware(profile_hw) -> dict:
     return {"cores": 1, "memory_mb": profile_hw.memory_mb, "kernel_mb": 0.0, "nics": 1,
             "nic_gbps": profile_hw.nic_gbps, "sndbuf_kb": profile_hw.sndbuf_kb}
@@ -233,13 +262,16 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
     log = st.log
     hw = live_hardware(base_profile.hardware)
     profile, group, link, blk, extra = base_profile, None, None, None, {}
+    twin_profile = None
     server_kw = {}
     try:
         if case.setting == "cpu":
-            profile = scaled_profile(base_profile, st.cpu_fraction)
-            group = cpu_share(st.cpu_fraction)
+            group = cpu_share(st.cpu_fraction, case.cpu_period_us)
             server_kw["cgroup_procs"] = group.procs
-            extra["cpu_fraction"] = st.cpu_fraction
+            period = int(group.read("cpu.cfs_period_us"))
+            profile, hw, twin_profile = cpu_setting(base_profile, hw, st, period)
+            extra.update(cpu_fraction=st.cpu_fraction, cpu_period_us=period,
+                         simulated_as="cfs quota" if st.sim_quota else "slower core")
         elif case.setting == "nic":
             link = ShapedLink(st.link_mbit)
             hw["nic_gbps"] = round(goodput_gbps(st.link_mbit), 6)
@@ -269,7 +301,9 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
                 extra["server_rss_kb"] = fp
                 profile = dataclasses.replace(profile, footprint=dataclasses.replace(profile.footprint,
                                                                                      process_kb=float(round(fp))))
-            scen, _ = case_scenario(case, profile, hw, workload, None, st, {"case": case.name, **extra})
+            scen, _ = case_scenario(case, twin_profile or profile, {k: v for k, v in hw.items() if
+                                                                   not k.startswith("cpu_")}, workload, None, st,
+                                    {"case": case.name, **extra})
             rates, bounds = twin_rates(scen, st)
             log(f"  {case.name}: twin bounds {bounds}; rates {rates}")
             scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
@@ -329,10 +363,12 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
         group.close()
     hw = {"cores": 1, "memory_mb": 24000.0, "kernel_mb": 0.0, "nics": 1, "nic_gbps": 40.0}
     from sim.config import Hardware
-    prof = scaled_profile(blackbox.profile_of(d, "nginx-blackbox", Hardware(**hw)), st.cpu_fraction)
+    prof, hw, _ = cpu_setting(blackbox.profile_of(d, "nginx-blackbox", Hardware(**hw)), hw, st,
+                              max(1000, int(round(1000 / st.cpu_fraction))))
     scen, spath = case_scenario(case, prof, hw, workload, rates, st,
                                 {"case": case.name, "cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
-                                 "cpu_fraction": st.cpu_fraction})
+                                 "cpu_fraction": st.cpu_fraction,
+                                 "simulated_as": "cfs quota" if st.sim_quota else "slower core"})
     sim = simulate(scen, st)
     return {"live": live, "sim": sim, "rates": rates, "scenario": os.path.relpath(spath, st.out),
             "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
@@ -502,6 +538,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="use this profile instead of calibrating (then no calibration is run)")
     p.add_argument("--cpu-fraction", type=float, default=CPU_FRACTION,
                    help=f"share of core 0 for the CPU cases (default {CPU_FRACTION})")
+    p.add_argument("--threaded-period-ms", type=float, default=THREADED_PERIOD_US / 1000,
+                   help=f"CFS period of threaded-gil's CPU share (default {THREADED_PERIOD_US / 1000:g}; "
+                        "0 = the shortest, as the other CPU cases)")
+    p.add_argument("--sim-quota", action="store_true",
+                   help="simulate the CPU cases' share as the live server has it, a CFS quota (the hardware's "
+                        "cpu_quota and cpu_period_ms), instead of a core that many times slower; needs a CPU "
+                        "model with the quota")
     p.add_argument("--duration", type=float, help="seconds of arrivals per live rate (default 15, quick 8)")
     p.add_argument("--directories", type=int, default=4, help="file-set directories for the CPU and NIC cases")
     p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
@@ -523,7 +566,13 @@ def main(argv=None) -> int:
     workdir = None
     try:
         args = parser().parse_args(argv)
-        known = {c.name: c for c in all_cases()}
+        if not 0 <= args.threaded_period_ms <= 1000:
+            raise CalibrationError(f"--threaded-period-ms must be in 0..1000, got {args.threaded_period_ms}")
+        period = int(round(args.threaded_period_ms * 1000)) or None
+        if period is not None and period < 1000 / args.cpu_fraction:
+            raise CalibrationError(f"--threaded-period-ms {args.threaded_period_ms:g} gives a quota under the "
+                                   f"kernel's 1 ms at {args.cpu_fraction:g} of the core")
+        known = {c.name: c for c in all_cases(threaded_period_us=period)}
         names = ([x.strip() for x in args.cases.split(",") if x.strip()] if args.cases
                  else list(QUICK_CASES if args.quick else known))
         bad = [n for n in names if n not in known]
@@ -544,9 +593,13 @@ def main(argv=None) -> int:
                       fractions=(0.5, 0.9, 1.3) if args.quick else (0.4, 0.7, 0.9, 1.1, 1.4),
                       link_mbit=args.link_mbit, disk_directories=args.disk_directories, memory_limit_mb=args.memory_mb,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
-                      jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir)
+                      jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
+                      sim_quota=args.sim_quota)
         if not st.duration_s > 0:
             raise CalibrationError("--duration must be positive")
+        if args.sim_quota and not quota_supported():
+            raise CalibrationError("--sim-quota: this simulator's CPU has no CFS quota (sim/hardware.py CPU "
+                                   "takes no `quota`); leave the option out to simulate a slower core")
         log = st.log
         info = machine()
         log(f"# simrun validate: {', '.join(names)}; load average {load_average():.1f}; {info['date']}")
@@ -601,6 +654,7 @@ def main(argv=None) -> int:
                                   f"and {workload.think_between_bursts_s:g} s between bursts, "
                                   f"{workload.session_requests_min}-{workload.session_requests_max} requests/session",
                       "settings": {"duration_s": st.duration_s, "cpu_fraction": st.cpu_fraction,
+                                   "sim_quota": st.sim_quota, "threaded_period_us": known["threaded-gil"].cpu_period_us,
                                    "fractions": list(st.fractions), "link_mbit": st.link_mbit,
                                    "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
                                    "sim_duration_s": st.sim_duration_s, "quick": st.quick},

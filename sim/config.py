@@ -49,6 +49,12 @@ class Hardware:
                               "(sim/membus.py)", min=0, max=1e6)
     membus_gb_per_cpu_s: float = knob(0.5, "memory traffic of one CPU-second of server work in GB (cache misses, "
                                       "DMA, copies); used when membus_gb_s > 0", min=0, max=1e6)
+    cpu_quota: float = knob(1.0, "CFS bandwidth limit: the share of the cores' time the server may use in each "
+                            "period (cpu.cfs_quota_us over cpu.cfs_period_us x cores); it runs at full speed until "
+                            "the period's share is spent, then waits for the next period; 1 = no limit",
+                            min=0.001, max=1.0)
+    cpu_period_ms: float = knob(100.0, "CFS period of `cpu_quota` in ms (the kernel's default is 100)",
+                                min=0.1, max=1000)
 
 
 @dataclass(frozen=True)

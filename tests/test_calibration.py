@@ -16,11 +16,12 @@ from calibration import fit
 from calibration.blackbox import demands_of, profile_of
 from calibration.cgroup import scaled_profile
 from calibration.netns import goodput_gbps
-from calibration.validate import compare, saturation_rate, verdict
+from calibration.validate import Settings, all_cases, compare, cpu_setting, saturation_rate, verdict, write_scenario
 from real.trace import OpStats, Trace, read_trace
 from sim.config import Hardware
 from sim.operations import Cost
 from sim.profile import load_profile, write_profile
+from sim.scenario import load_scenario
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,6 +160,28 @@ def test_comparison_figures_and_verdict():
     assert goodput_gbps(100.0) == pytest.approx(0.1 * 1448 / 1514)
 
 
+def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
+    """By default the share is a core `fraction` times as fast; with sim_quota the scenario keeps the
+    costs and states the live server's CFS quota and period in its hardware, which loads back."""
+    run = {"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4, "load_avg": 1.0}
+    base = profile_of(demands_of([run]), "bb", Hardware(cores=1, kernel_mb=0.0))
+    hw = {"cores": 1, "memory_mb": 2048.0, "kernel_mb": 0.0}
+    prof, hw1, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25), 4000)
+    assert prof.cost("parse").fixed == pytest.approx(4 * base.cost("parse").fixed) and hw1 == hw and twin is prof
+    prof, hw2, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25, sim_quota=True), 4000)
+    assert prof is base and twin.cost("parse").fixed == pytest.approx(4 * base.cost("parse").fixed)
+    assert hw2 == {**hw, "cpu_quota": 0.25, "cpu_period_ms": 4.0}
+    write_profile(prof, tmp_path / "p.toml", {})
+    case = next(c for c in all_cases() if c.name == "threaded-gil")
+    assert case.cpu_period_us == 100_000
+    wl = type("W", (), {"fileset": type("F", (), {"directories": 2})(), "think_within_burst_s": 0.02,
+                        "think_between_bursts_s": 0.2})()
+    path = write_scenario(str(tmp_path / "s.toml"), "s", str(tmp_path / "p.toml"), hw2, wl, [100.0], case,
+                          Settings(out=str(tmp_path)))
+    back = load_scenario(path)
+    assert back.hardware.cpu_quota == 0.25 and back.hardware.cpu_period_ms == 4.0
+
+
 def _can_run_live() -> str | None:
     if os.geteuid() != 0:
         return "needs root (cgroups)"
@@ -197,7 +220,7 @@ def test_quick_validation_end_to_end(tmp_path):
 
 def test_bad_input_is_one_line(tmp_path):
     for argv in (["validate", "--cases", "nosuch"], ["calibrate", "--rates", "x"], ["validate", "--cpu-fraction", "3"],
-                 ["blackbox", "--pid", "999999999", "--port", "80"]):
+                 ["validate", "--threaded-period-ms", "2"], ["blackbox", "--pid", "999999999", "--port", "80"]):
         r = subprocess.run([sys.executable, "-m", "sim.cli", *argv, "--out" if argv[0] != "blackbox" else "--host",
                             str(tmp_path / "o") if argv[0] != "blackbox" else "127.0.0.1"],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -222,6 +245,10 @@ def test_shaped_link_and_cgroups_are_removed():
     assert link.server_ns not in namespaces() and link.client_ns not in namespaces()
     with cpu_share(0.15) as g:
         assert g.read("cpu.cfs_quota_us") == "1000" and g.read("cpu.cfs_period_us") == "6667"
+        path = g.path
+    assert not os.path.exists(path)
+    with cpu_share(0.15, 100_000) as g:
+        assert g.read("cpu.cfs_quota_us") == "15000" and g.read("cpu.cfs_period_us") == "100000"
         path = g.path
     assert not os.path.exists(path)
     with memory_limit(64) as g:
