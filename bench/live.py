@@ -87,14 +87,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def core_busy_seconds(core: int) -> float:
-    """Busy (non-idle, non-iowait) seconds of one core, softirq included: the network work a process misses."""
+def core_seconds(core: int) -> tuple[float, float]:
+    """(busy, irq + softirq) seconds of one core: busy is everything but idle and iowait, softirq
+    included (the network work no process is charged for), whoever ran there."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{core} "):
                 v = [int(x) for x in line.split()[1:]]
-                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
-    return 0.0
+                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK, (v[5] + v[6]) / CLK_TCK
+    return 0.0, 0.0
 
 
 def open_server_connections(port: int) -> int:
@@ -126,14 +127,16 @@ def settle(port: int, limit_s: float = 20.0) -> float:
 
 
 def one_run(pid, port, workload, rate, duration, seed, warmup_s=5.0) -> dict:
-    c0, b0, t0 = cpu_seconds(pid), core_busy_seconds(SERVER_CORE), time.monotonic()
+    c0, (b0, s0), t0 = cpu_seconds(pid), core_seconds(SERVER_CORE), time.monotonic()
     r = run_httperf("127.0.0.1", port, workload, rate, duration, LOAD_CORE, seed=seed, warmup_s=warmup_s,
                     stop_after_s=duration + 0.5)
     wall = max(time.monotonic() - t0, 1e-9)
     cpu = cpu_seconds(pid) - c0
+    b1, s1 = core_seconds(SERVER_CORE)
     r["server_cpu_pct"] = 100.0 * cpu / wall
     r["server_cpu_us_per_reply"] = 1e6 * cpu / r["replies"] if r["replies"] else 0.0
-    r["server_core_busy_pct"] = 100.0 * (core_busy_seconds(SERVER_CORE) - b0) / wall
+    r["server_core_busy_pct"] = 100.0 * (b1 - b0) / wall
+    r["server_core_softirq_pct"] = 100.0 * (s1 - s0) / wall
     r["sustained"] = (r["errors_pct"] < MAX_ERRORS_PCT and r["replies_not_2xx"] == 0
                       and r["reply_rps"] >= KEPT_UP * r["offered_window_rps"])
     return r
@@ -154,8 +157,9 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
             f"reply {r['reply_rps']:>7.0f}/s  {r['throughput_mbps']:>6.0f} Mbps  err {r['errors_pct']:5.2f}%  "
             f"resp {r['response_ms_mean']:>7.1f} ms  server cpu {r['server_cpu_pct']:>4.0f}% "
             f"{r['server_cpu_us_per_reply']:>4.0f} us/reply "
-            f"(core {r['server_core_busy_pct']:>3.0f}%)  "
-            f"httperf x{r['instances']}  {'ok' if r['sustained'] else 'NOT sustained'}")
+            f"(core {r['server_core_busy_pct']:>3.0f}%, softirq {r['server_core_softirq_pct']:>2.0f}%)  "
+            f"httperf x{r['instances']} {r['client_cpu_pct']:>3.0f}%  {'ok' if r['sustained'] else 'NOT sustained'}  "
+            f"load {os.getloadavg()[0]:.1f}")
         r["settle_s"] = round(settle(port), 1)
         return r["sustained"]
 
@@ -204,6 +208,9 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
             "peak_offered_rps": best["offered_rps"] if best else 0.0,
             "server_cpu_pct_at_peak": best["server_cpu_pct"] if best else 0.0,
             "server_cpu_us_per_reply_at_peak": best["server_cpu_us_per_reply"] if best else 0.0,
+            "server_core_busy_pct_at_peak": best["server_core_busy_pct"] if best else 0.0,
+            "server_core_softirq_pct_at_peak": best["server_core_softirq_pct"] if best else 0.0,
+            "httperf_cpu_pct_at_peak": best["client_cpu_pct"] if best else 0.0,
             "first_failed_rps": bad, "note": stop_reason, "runs": runs}
 
 
@@ -290,15 +297,17 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5} "
-                                         f"{'us/rep':>6} {'eff':>5}" for ph in phases) + "  notes")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5} {'core%':>5} "
+                                         f"{'sirq%':>5} {'hperf%':>6} {'us/rep':>6} {'eff':>5}" for ph in phases)
+          + "  notes")
     ref = next((r for r in results if r["server"] == "nginx"), {})
     for r in results:
         cells, notes = [], []
         for ph in phases:
             x = r.get(ph)
             if not x:
-                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5} {'-':>6} {'-':>5}")
+                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5} {'-':>5} {'-':>5} {'-':>6} {'-':>6} {'-':>5}")
                 continue
             base = ref.get(ph, {}) if ref else {}
             ratio = f"{x['peak_reply_rps'] / base['peak_reply_rps']:.2f}" if base.get("peak_reply_rps") else "-"
@@ -306,16 +315,21 @@ def main(argv=None) -> int:
             eff = f"{base['server_cpu_us_per_reply_at_peak'] / us:.2f}" if us and base.get(
                 "server_cpu_us_per_reply_at_peak") else "-"
             cells.append(f"{x['peak_reply_rps']:>14.0f} {x['peak_mbps']:>7.1f} {ratio:>6} "
-                         f"{x['server_cpu_pct_at_peak']:>5.0f} {us:>6.0f} {eff:>5}")
+                         f"{x['server_cpu_pct_at_peak']:>5.0f} {x.get('server_core_busy_pct_at_peak', 0):>5.0f} "
+                         f"{x.get('server_core_softirq_pct_at_peak', 0):>5.0f} {x.get('httperf_cpu_pct_at_peak', 0):>6.0f} "
+                         f"{us:>6.1f} {eff:>5}")
             if x["note"]:
                 notes.append(f"{ph}: {x['note']}")
         if "unavailable" in r:
             notes.append(r["unavailable"])
         print(f"{r['server']:<10} " + " ".join(cells) + "  " + "; ".join(notes))
-    print(f"# {time.monotonic() - t0:.0f} s in all. cpu% and us/rep: CPU of the server's own processes in the "
-          "peak run, as a share of a core and per reply (network softirq work is not in it); eff = nginx's "
-          "us/rep over the server's, less skewed than the peak ratio by other work on the machine (but CPU per "
-          "reply falls as the load rises, so compare runs of like rates)")
+    print(f"# {time.monotonic() - t0:.0f} s in all. In each server's peak run: cpu% = CPU of the server's own "
+          "processes as a share of its core, and us/rep the same per reply (network softirq work is not in it); "
+          "core% = the server core's busy time, whoever used it (other programs too), sirq% its irq+softirq "
+          "part; hperf% = httperf's own CPU share on the load core (near 100 %: the load generator, not the "
+          "server, was the limit; cpu% near 100 %: the server was). eff = nginx's us/rep over the server's "
+          "(replies per CPU-second relative to nginx), less skewed than the peak ratio by other work on the "
+          "machine (but CPU per reply falls as the load rises, so compare runs of like rates)")
     if args.json:
         doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
                "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}

@@ -14,7 +14,7 @@ import errno
 import signal
 import time
 
-from ..trace import OP
+from ..trace import FLUSH_EVERY, OP
 from .base import Config, Conn, Context, announce, log, make_listener, traced_accept
 
 OP_ULT_SWITCH = OP['ult_switch']
@@ -29,7 +29,7 @@ def run(cfg: Config) -> int:
     lsock = make_listener(cfg)
     lsock.setblocking(False)
     lfd = lsock.fileno()
-    ctx = Context(cfg)
+    ctx = Context(cfg, background_flush=False)   # the trace flushes from a greenlet, not a second thread
     rec = ctx.recorder("green")
     clock = time.monotonic
     idle, reqt = cfg.idle_timeout, cfg.request_timeout
@@ -115,10 +115,21 @@ def run(cfg: Config) -> int:
 
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
+    def flusher() -> None:
+        while True:
+            gevent.sleep(FLUSH_EVERY)
+            try:
+                ctx.tracer.flush()
+            except OSError as e:
+                log(f"trace flush: {e.strerror}")
+
     acc = gevent.spawn(acceptor)
+    fl = gevent.spawn(flusher) if ctx.tracer is not None else None
     announce(lsock)
     stop.wait()
     acc.kill()
+    if fl is not None:
+        fl.kill()
     group.kill(timeout=2.0)
     lsock.close()
     ctx.close()
