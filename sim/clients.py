@@ -16,7 +16,6 @@ from collections import deque
 
 import numpy as np
 
-from .timer import call_later
 from .workload import Workload
 
 REAP_INTERVAL_S = 0.1
@@ -137,7 +136,7 @@ class Clients:
             if not adopt(conn):
                 continue
             adopted += 1
-            call_later(env, at, resume, conn)
+            env.call_later(at, resume, conn)
         return adopted
 
     # -- drawing --------------------------------------------------------------------------------
@@ -179,7 +178,7 @@ class Clients:
             if self.t0 <= now + (self.w.timeout_s - (now - conn.born)) < self.t1:
                 self.connect_failures += 1
             return
-        call_later(self.env, rto, self._retry, conn)
+        self.env.call_later(rto, self._retry, conn)
 
     def _retry(self, call):
         self._connect(call.arg)
@@ -224,7 +223,7 @@ class Clients:
             think = self._think(self.w.think_between_bursts_s)
         else:
             think = self._think(self.w.think_within_burst_s)
-        call_later(self.env, think, self._resume, conn)
+        self.env.call_later(think, self._resume, conn)
 
     def _close(self, conn):
         """The client closes its end: the server will read EOF (or fail its next send)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import simpy
 
 import models
 
@@ -18,6 +17,7 @@ from .clients import Clients
 from .config import Scenario, ServerSpec
 from . import membus
 from .server import Server
+from .timer import Environment
 
 
 def point_seed(seed: int, rep: int, rate: float) -> list[int]:
@@ -42,7 +42,7 @@ def warm_page_cache(server: Server, fileset, rng: np.random.Generator) -> None:
 def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     """The environment, server and clients of one run, ready to run."""
     hw, wl, run = scenario.hardware, scenario.workload, scenario.run
-    env = simpy.Environment()
+    env = Environment()
     module = models.module_of(spec.architecture)
     server = Server(env, hw, scenario.profile, wl, module.OPERATIONS)
     membus.attach(server, hw)

@@ -13,7 +13,6 @@ from collections import OrderedDict, deque
 import simpy
 from simpy.events import Timeout
 
-from .timer import call_later
 
 
 class CPU:
@@ -154,7 +153,7 @@ class Link:
         due = now + left * self.n / self.rate if left > 0.0 else now
         if self.timer_at is None or due < self.timer_at:
             self.timer_at = due
-            call_later(self.env, due - now, self._wake)
+            self.env.call_later(due - now, self._wake)
 
     def _wake(self, ev):
         now = self.env.now
