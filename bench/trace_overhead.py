@@ -10,9 +10,11 @@ that one httperf offers far more than a Python server can serve.
 Peak: the highest reply rate of a sustained run (bench/live.py's test: errors
 under 1 %, every reply a 200, at least 85 % of what the sessions offered in the
 measured window) found by a short ladder of offered rates around a first
-estimate (one overloaded run of the untraced server): up by STEP from 0.8 of the
-estimate until a run is not sustained, then one bisection between the last
-sustained and the first failed rate. Every (tracing, round) ladder starts a fresh
+estimate: up by STEP from FIRST times the estimate until a run is not sustained,
+then one bisection between the last sustained and the first failed rate. The
+estimate comes from the untraced server by bench/live.py's kind of search: rates
+doubling from 4,000/s (halving if that fails) until a run is not sustained, then
+one bisection. Every (tracing, round) ladder starts a fresh
 server; rounds alternate the order off/on, and the medians of ROUNDS peaks are
 compared. Beside each peak: the server's CPU over the peak run (its process tree,
 /proc) as a share of its core and in microseconds per reply. A server well below
@@ -47,10 +49,9 @@ from real.httperf import LoadError  # noqa: E402
 from sim.fileset import FileSet  # noqa: E402
 from sim.workload import Workload  # noqa: E402
 
-STEP = 1.1            # ladder step between offered rates
-FIRST = 0.8           # the ladder starts at this share of the estimate
-MAX_RUNS = 9          # runs per ladder, bisection included
-PROBE_RPS = 12000.0   # offered in the overloaded run that gives the estimate
+STEP = 1.07           # ladder step between offered rates
+FIRST = 0.85          # the ladder starts at this share of the estimate
+MAX_RUNS = 7          # runs per ladder, bisection included
 
 
 def loadavg() -> str:
@@ -138,23 +139,44 @@ class Ladder:
         ok = [r for r in self.runs if r["sustained"]]
         peak = max(ok, key=lambda r: r["reply_rps"]) if ok else None
         replies = warm["replies"] + sum(r["replies"] for r in self.runs)
-        return {"peak": peak, "calls_per_reply": calls / replies if replies else 0.0}
+        return {"peak": peak, "calls_per_reply": calls / replies if replies else 0.0,
+                "us_by_rate": [(round(r["offered_rps"]), r["server_cpu_us_per_reply"]) for r in self.runs
+                               if r["sustained"]]}
 
 
 def estimate_peak(arch, root, workload, duration, log) -> float:
-    """Reply rate of the untraced server offered PROBE_RPS: a centre for the ladders."""
+    """The untraced server's best sustained reply rate over doubling rates and one bisection."""
     srv = LiveServer(arch, root, list(ARCHS[arch]), core=0)
     srv.start()
+    runs = []
+
+    def attempt(rate):
+        r = one_run(srv.pid, srv.port, workload, rate, duration, 1 + len(runs), 0.0)
+        settle(srv.port)
+        runs.append(r)
+        log(f"  {arch:<9} estimate    offered {rate:>7.0f}/s  reply {r['reply_rps']:>7.0f}/s  "
+            f"cpu {r['server_cpu_pct']:>4.0f}%  {'ok' if r['sustained'] else 'NOT sustained'}  {loadavg()}")
+        return r["sustained"]
     try:
         one_run(srv.pid, srv.port, workload, 1000.0, 2.0, 1, 0.0)
         settle(srv.port)
-        r = one_run(srv.pid, srv.port, workload, PROBE_RPS, duration, 2, 0.0)
-        settle(srv.port)
+        good, bad, rate = None, None, 4000.0
+        while len(runs) < 6 and srv.alive():
+            if attempt(rate):
+                good, rate = rate, rate * 2
+            else:
+                bad = rate
+                if good is not None:
+                    break
+                rate /= 2
+        if good is not None and bad is not None and srv.alive():
+            attempt((good + bad) / 2)
     finally:
         srv.stop()
-    log(f"  {arch:<9} overloaded at {PROBE_RPS:.0f}/s: {r['reply_rps']:.0f} replies/s, "
-        f"cpu {r['server_cpu_pct']:.0f}%  {loadavg()}")
-    return r["reply_rps"]
+    ok = [r["reply_rps"] for r in runs if r["sustained"]]
+    if not ok:
+        raise MeasureError(f"{arch}: no sustained run while estimating its peak")
+    return max(ok)
 
 
 def main(argv=None) -> int:
@@ -217,6 +239,19 @@ def main(argv=None) -> int:
                 row[f"cpu_{key}"] = statistics.median(p["server_cpu_pct"] for p in peaks)
                 row[f"us_{key}"] = statistics.median(p["server_cpu_us_per_reply"] for p in peaks)
             row["calls"] = statistics.median(x["calls_per_reply"] for x in res[True])
+            # CPU per reply compared at the offered rates both settings sustained (the ladders share them)
+            by = {t: {} for t in (False, True)}
+            for t in (False, True):
+                for x in res[t]:
+                    for rate, us in x["us_by_rate"]:
+                        by[t].setdefault(rate, []).append(us)
+            common = sorted(set(by[False]) & set(by[True]))
+            if common:
+                row["us_off"] = statistics.median(statistics.median(by[False][k]) for k in common)
+                row["us_on"] = statistics.median(statistics.median(by[True][k]) for k in common)
+                row["us_change"] = statistics.median(statistics.median(by[True][k]) / statistics.median(by[False][k])
+                                                     for k in common) - 1
+                row["us_rates"] = len(common)
             rows.append(row)
             log(f"  {arch}: peaks off {row.get('peaks_off')}, on {row.get('peaks_on')}")
     finally:
@@ -230,7 +265,7 @@ def main(argv=None) -> int:
             print(f"{r['arch']:<9} {r['error']}")
             continue
         d = r["peak_on"] / r["peak_off"] - 1
-        dc = r["us_on"] / r["us_off"] - 1
+        dc = r.get("us_change", r["us_on"] / r["us_off"] - 1)
         est = r["calls"] * per_call * 1e6 / r["us_off"]
         print(f"{r['arch']:<9} {r['peak_off']:>10.0f} {r['peak_on']:>10.0f} {d:>+7.1%} {r['cpu_off']:>8.0f} "
               f"{r['cpu_on']:>8.0f} {r['us_off']:>10.1f} {r['us_on']:>10.1f} {dc:>+7.1%} {r['calls']:>9.2f} "
@@ -238,8 +273,10 @@ def main(argv=None) -> int:
         if worst is None or d < worst[1]:
             worst = (r["arch"], d)
     print(f"# medians of {args.rounds} alternating peak searches per setting; peak = best sustained reply rate "
-          f"of a ladder of offered rates (step {STEP}, one bisection); cpu% and us/rep: the server's CPU in its "
-          f"peak run; est. = traced calls per reply x {per_call * 1e9:.0f} ns per traced call / untraced us/rep; "
+          f"of a ladder of offered rates (step {STEP}, one bisection); cpu% = the server's CPU share of its core "
+          "in the peak run; us/rep = its CPU per reply, medians over the offered rates both settings sustained, "
+          "change = median of the per-rate ratios; calls/rep = traced calls per reply; est. = calls/rep x "
+          f"{per_call * 1e9:.0f} ns per traced call (timed here) / untraced us/rep; "
           f"{time.monotonic() - t0:.0f} s in all; {loadavg()}")
     if worst is not None:
         print(f"worst throughput change with tracing on: {worst[0]} {worst[1]:+.1%} "

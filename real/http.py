@@ -372,21 +372,30 @@ class Entry:
 class FileCache:
     """Bounded LRU of open descriptors and prebuilt headers (the userver's header cache).
 
-    `get(rel)` returns (entry, hit) with a reference taken; `release(entry)` drops
-    it. Thread-safe (one lock); `close_all()` at exit. Hits are the `stat`
-    operation of sim/operations.py, misses are `open`.
+    `lookup(rel)` returns the entry with a reference taken (or None), `insert(rel)`
+    opens and caches it; `release(entry)` drops the reference. Thread-safe (one
+    lock) unless made with `threads=False`, for a process of one thread (the event
+    loops, gevent), which then takes no lock on its hot path; `close_all()` at exit.
+    Hits are the `stat` operation of sim/operations.py, misses are `open`.
     """
 
-    def __init__(self, root: bytes, max_entries: int = 512):
+    def __init__(self, root: bytes, max_entries: int = 512, threads: bool = True):
         if max_entries < 1:
             raise ValueError("cache needs at least one entry")
         self.root = root
         self.max_entries = max_entries
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.lock = threading.Lock()
+        self.threads = threads
         self.open_fds = 0  # descriptors held, cached or awaiting their last release
 
     def lookup(self, rel: bytes) -> Entry | None:
+        if not self.threads:
+            e = self.entries.get(rel)
+            if e is not None:
+                self.entries.move_to_end(rel)
+                e.refs += 1
+            return e
         with self.lock:
             e = self.entries.get(rel)
             if e is not None:
@@ -423,6 +432,12 @@ class FileCache:
         return e
 
     def release(self, e: Entry) -> None:
+        if not self.threads:
+            e.refs -= 1
+            if e.evicted and e.refs == 0:
+                self.open_fds -= 1
+                os.close(e.fd)
+            return
         with self.lock:
             e.refs -= 1
             close = e.evicted and e.refs == 0

@@ -177,11 +177,12 @@ def test_trace_aggregates_exactly(tmp_path):
     assert t.totals()["ult_switch"].count == 1
 
 
-def test_cache_evicts_and_closes_descriptors(tmp_path):
+@pytest.mark.parametrize("threads", [True, False])
+def test_cache_evicts_and_closes_descriptors(tmp_path, threads):
     from real.http import FileCache, HttpError
     for i in range(5):
         (tmp_path / f"f{i}").write_bytes(b"x" * i)
-    cache = FileCache(os.fsencode(str(tmp_path)), max_entries=2)
+    cache = FileCache(os.fsencode(str(tmp_path)), max_entries=2, threads=threads)
     held = cache.insert(b"f0")              # a reply still sending f0
     fd0 = held.fd
     for i in range(1, 5):

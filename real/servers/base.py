@@ -108,10 +108,11 @@ class Stopper:
 class Context:
     """Per process: the file cache and, with --trace, the tracer."""
 
-    def __init__(self, cfg: Config, background_flush: bool = True):
+    def __init__(self, cfg: Config, background_flush: bool = True, threads: bool = True):
+        """threads=False: a process of one thread (event loop, gevent), whose cache needs no lock."""
         self.cfg = cfg
         self.root = os.fsencode(os.path.realpath(cfg.root))
-        self.cache = http.FileCache(self.root, cfg.cache_entries)
+        self.cache = http.FileCache(self.root, cfg.cache_entries, threads=threads)
         self.tracer = Tracer(cfg.trace, cfg.arch, background=background_flush) if cfg.trace else None
 
     def recorder(self, role: str = "main") -> Recorder | None:

@@ -40,7 +40,7 @@ def serve_loop(cfg: Config, lsock: socket.socket, blocking: bool, max_conns: int
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ctx = Context(cfg, background_flush=False)
+    ctx = Context(cfg, background_flush=False, threads=False)
     rec = ctx.recorder("loop")
     cache = ctx.cache
     tracer = ctx.tracer

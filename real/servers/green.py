@@ -29,7 +29,7 @@ def run(cfg: Config) -> int:
     lsock = make_listener(cfg)
     lsock.setblocking(False)
     lfd = lsock.fileno()
-    ctx = Context(cfg, background_flush=False)   # the trace flushes from a greenlet, not a second thread
+    ctx = Context(cfg, background_flush=False, threads=False)   # the trace flushes from a greenlet, not a second thread
     rec = ctx.recorder("green")
     clock = time.monotonic
     idle, reqt = cfg.idle_timeout, cfg.request_timeout
