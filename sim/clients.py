@@ -72,14 +72,19 @@ class Clients:
         self.deadlines: deque = deque()
         self.late_deadlines: list = []
         self.next_id = 0
-        # measurement (inside the window only)
+        # measurement (inside the window only); the instants let the run loop cut the window into batches
         self.replies = 0
         self.bytes = 0.0
         self.timeouts = 0
         self.connect_failures = 0
         self.sessions_done = 0
         self.response = array("d")
+        self.reply_at = array("d")       # when each reply of `response` completed
+        self.reply_bytes = array("d")
+        self.timeout_at = array("d")     # the deadline each timed-out request missed
+        self.refused_at = array("d")     # when each refused session's time ran out
         self.open_samples = array("d")
+        self.open_sampled_at = array("d")
         self.resets_during_send = 0
         env.process(self._arrivals())
         env.process(self._reaper())
@@ -175,8 +180,10 @@ class Clients:
         rto = self.server.hw.syn_retry_s * (2 ** conn.retries)
         conn.retries += 1
         if now + rto - conn.born > self.w.timeout_s:
-            if self.t0 <= now + (self.w.timeout_s - (now - conn.born)) < self.t1:
+            gave_up = now + (self.w.timeout_s - (now - conn.born))
+            if self.t0 <= gave_up < self.t1:
                 self.connect_failures += 1
+                self.refused_at.append(gave_up)
             return
         self.env.call_later(rto, self._retry, conn)
 
@@ -213,6 +220,8 @@ class Clients:
             self.replies += 1
             self.bytes += conn.size
             self.response.append(now - conn.sent_at)
+            self.reply_at.append(now)
+            self.reply_bytes.append(conn.size)
         conn.file = -1
         if conn.left <= 0:
             self.sessions_done += 1
@@ -248,6 +257,8 @@ class Clients:
                 if conn.reqno == reqno and conn.file >= 0 and not conn.closed:
                     if timeout_window[0] <= deadline < timeout_window[1]:
                         self.timeouts += 1
+                        self.timeout_at.append(deadline)
                     self._close(conn)
             if self.t0 <= now < self.t1:
                 self.open_samples.append(self.server.open_conns)
+                self.open_sampled_at.append(now)

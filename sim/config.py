@@ -93,8 +93,10 @@ class RunControl:
     rates: tuple[float, ...] = knob((1000.0,), "offered request rates (requests/s)")
     warmup_s: float = knob(10.0, "simulated seconds discarded before measuring", min=0, max=1e6)
     duration_s: float = knob(30.0, "simulated seconds measured per replication", min=0.001, max=1e7)
-    replications: int = knob(3, "replications run at first (independent seeds)", min=2, max=1000)
-    max_replications: int = knob(6, "replications at most while the CI is too wide", min=2, max=1000)
+    replications: int = knob(3, "replications run at first (independent seeds)", min=1, max=1000)
+    max_replications: int = knob(6, "replications at most while the CI is too wide", min=1, max=1000)
+    batches: int = knob(0, "batch means: cut each replication's measured window into this many batches, each one "
+                           "sample of the CI; 0: each replication is one sample", min=0, max=1000)
     ci_target_pct: float = knob(5.0, "stop when the 95% CI half-width of throughput is below this % of the mean",
                                 min=0, max=100)
     seed: int = knob(1, "base seed; replication i uses seed + i", min=0, max=2**62)

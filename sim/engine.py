@@ -57,41 +57,72 @@ def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):
     return env, server, clients, entities
 
 
-def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int, detail: bool = False) -> dict[str, float]:
-    """Run one replication and return its metrics (with `detail`, also each core's and NIC's utilisation)."""
+def simulate(scenario: Scenario, spec: ServerSpec, rate: float, rep: int, detail: bool = False) -> dict:
+    """Run one replication and return its metrics over the measured window.
+
+    With `run.batches`, the metrics of each of that many equal parts of the window
+    come too, under `batches` (batch means: one long run gives the CI's samples).
+    With `detail`, each core's and NIC's utilisation as well.
+    """
     env, server, clients, entities = build(scenario, spec, rate, rep)
     run = scenario.run
     t0, t1 = run.warmup_s, run.warmup_s + run.duration_s
-    snap = {}
+    k = run.batches
+    edges = [t0 + run.duration_s * i / k for i in range(k)] + [t1] if k else [t0, t1]
+    snaps = []
 
     def snapshot():
-        yield env.timeout(t0)
-        snap.update(_counters(server, entities, env.now))
+        for t in edges[:-1]:
+            yield env.timeout(t - env.now)
+            snaps.append(_counters(server, entities, env.now))
 
     env.process(snapshot())
     env.run(until=t1)
-    end = _counters(server, entities, t1)
-    d = {k: end[k] - snap.get(k, 0.0) for k in end}
-    dur = run.duration_s
+    snaps.append(_counters(server, entities, t1))
+    out = _window_metrics(scenario, server, clients, entities, snaps[0], snaps[-1], t0, t1, detail)
+    if k:
+        out["batches"] = [_window_metrics(scenario, server, clients, entities, snaps[i], snaps[i + 1],
+                                          edges[i], edges[i + 1], detail) for i in range(k)]
+    return out
+
+
+def _window_metrics(scenario, server, clients, entities, first, last, a, b, detail) -> dict[str, float]:
+    """The metrics over [a, b) of the measured window, from the counters at its ends."""
+    d = {key: last[key] - first.get(key, 0.0) for key in last}
+    dur = b - a
     hw = scenario.hardware
-    errors = clients.timeouts + clients.connect_failures
-    attempts = clients.replies + errors
+
+    def within(at):
+        t = np.frombuffer(at, dtype=float) if len(at) else np.empty(0)
+        return (t >= a) & (t < b)
+
     resp = np.frombuffer(clients.response, dtype=float) if len(clients.response) else np.empty(0)
+    sizes = np.frombuffer(clients.reply_bytes, dtype=float) if len(clients.reply_bytes) else np.empty(0)
+    opened = np.frombuffer(clients.open_samples, dtype=float) if len(clients.open_samples) else np.empty(0)
+    if (a, b) != (clients.t0, clients.t1):      # a batch: only what happened within it
+        inside = within(clients.reply_at)
+        resp, sizes = resp[inside], sizes[inside]
+        opened = opened[within(clients.open_sampled_at)]
+    replies = resp.size
+    timeouts = int(np.count_nonzero(within(clients.timeout_at)))
+    refused = int(np.count_nonzero(within(clients.refused_at)))
+    errors = timeouts + refused
+    attempts = replies + errors
     lookups = d["hits"] + d["misses"]
     out = {
-        "reply_rps": clients.replies / dur,
-        "throughput_mbps": clients.bytes * 8 / dur / 1e6,
+        "reply_rps": replies / dur,
+        "throughput_mbps": float(sizes.sum()) * 8 / dur / 1e6,
         "response_ms_mean": float(resp.mean() * 1e3) if resp.size else math.nan,
         "response_ms_p90": float(np.percentile(resp, 90) * 1e3) if resp.size else math.nan,
         "errors_pct": 100.0 * errors / attempts if attempts else 0.0,
-        "timeouts_pct": 100.0 * clients.timeouts / attempts if attempts else 0.0,
-        "refused_pct": 100.0 * clients.connect_failures / attempts if attempts else 0.0,
+        "timeouts_pct": 100.0 * timeouts / attempts if attempts else 0.0,
+        "refused_pct": 100.0 * refused / attempts if attempts else 0.0,
         "cpu_util": min(1.0, d["cpu"] / (hw.cores * dur)),
         "nic_util": d["nic"] / (hw.nics * dur),
         "disk_util": min(1.0, d["disk"] / (hw.disks * dur)),
         "cache_hit_pct": 100.0 * d["hits"] / lookups if lookups else 100.0,
         "blocked_pct": 100.0 * d["blocked"] / (len(entities) * dur),
-        "conns_mean": float(np.mean(clients.open_samples)) if len(clients.open_samples) else 0.0,
+        "conns_mean": float(np.mean(opened)) if opened.size else 0.0,
         "ctx_switches_per_s": d["switches"] / dur,
     }
     out.update(membus.metrics(hw, d, dur))

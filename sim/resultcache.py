@@ -42,6 +42,21 @@ def code_version() -> str:
     return _code_version
 
 
+def _encode_metrics(metrics: dict) -> dict:
+    """Floats as JSON (NaN and infinities spelt out); batch means' `batches` as a list of the same."""
+    out = {k: _encode(float(v)) for k, v in metrics.items() if k != "batches"}
+    if "batches" in metrics:
+        out["batches"] = [_encode_metrics(b) for b in metrics["batches"]]
+    return out
+
+
+def _decode_metrics(doc: dict) -> dict:
+    out = {k: float(_decode(v)) for k, v in doc.items() if k != "batches"}
+    if "batches" in doc:
+        out["batches"] = [_decode_metrics(b) for b in doc["batches"]]
+    return out
+
+
 def replication_key(scenario, spec, rate: float, rep: int) -> str:
     """The cache key of one replication: everything its result depends on, hashed."""
     profile = dataclasses.replace(scenario.profile, description="", source="")
@@ -51,7 +66,8 @@ def replication_key(scenario, spec, rate: float, rep: int) -> str:
         "profile": repr(profile),
         "hardware": repr(scenario.hardware),
         "workload": repr(scenario.workload),
-        "run": repr((float(run.warmup_s), float(run.duration_s), int(run.seed))),
+        "run": repr((float(run.warmup_s), float(run.duration_s), int(run.seed))
+                    + ((int(run.batches),) if run.batches else ())),
         "server": repr(spec),
         "rate": repr(float(rate)),
         "rep": int(rep),
@@ -87,7 +103,7 @@ class ResultCache:
         try:
             with open(self._path(key), encoding="utf-8") as f:
                 doc = json.load(f)
-            metrics = {k: float(_decode(v)) for k, v in doc["metrics"].items()}
+            metrics = _decode_metrics(doc["metrics"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         self.hits += 1
@@ -97,7 +113,7 @@ class ResultCache:
         """Store atomically; a failure to write only loses the cache entry, never the run."""
         path = self._path(key)
         body = json.dumps({"key": key, "about": about or {},
-                           "metrics": {k: _encode(float(v)) for k, v in metrics.items()}},
+                           "metrics": _encode_metrics(metrics)},
                           allow_nan=False, sort_keys=False) + "\n"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -46,6 +46,15 @@ def _bounds(scenario, spec) -> tuple[dict[str, float], int]:
     return rates, int(cpu.servers) if cpu is not None else 0
 
 
+def samples(got: dict[int, dict]) -> list[dict]:
+    """The CI's samples: each replication, or with batch means each batch of each replication."""
+    out = []
+    for r in sorted(got):
+        m = got[r]
+        out.extend(m["batches"] if "batches" in m else [m])
+    return out
+
+
 def _point_name(params: dict, label: str, rate: float) -> str:
     swept = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
     return f"{label}{' ' + swept if swept else ''} @ {rate:,.0f}"
@@ -76,7 +85,7 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
         s = scenarios[pi]
         spec = s.servers[si]
         got = reps[u]
-        summary = summarize([got[r] for r in sorted(got)])
+        summary = summarize(samples(got))
         metrics = {k: v for k, v in summary.items() if not is_detail(k)}
         detail = {k: v for k, v in summary.items() if is_detail(k)}
         b, usable = _bounds(s, spec)
@@ -98,7 +107,7 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
         while True:
             got = reps[u]
             if len(got) >= run.max_replications or not need_more(
-                    summarize([got[r] for r in sorted(got)]), "throughput_mbps", run.ci_target_pct):
+                    summarize(samples(got)), "throughput_mbps", run.ci_target_pct):
                 finish(u)
                 return
             r = len(got)

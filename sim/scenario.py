@@ -510,6 +510,10 @@ def load_scenario(path, *, seed=None, overrides=None) -> Scenario:
         key = "run.replications" if "replications" in r else "run.max_replications"
         ck.fail(key, f"replications ({run.replications}) is above max_replications ({run.max_replications})",
                 "replications <= max_replications")
+    if run.batches == 1 or (run.batches == 0 and run.replications < 2):
+        key = "run.batches" if run.batches == 1 else "run.replications"
+        ck.fail(key, "a confidence interval needs at least two samples",
+                "batches >= 2 (batch means), or batches = 0 with replications >= 2")
 
     servers = tuple(_servers(ck, data.get("server", [])))
     _check_costs(ck, profile, servers)
