@@ -10,8 +10,8 @@ that one httperf offers far more than a Python server can serve.
 Peak: the highest reply rate of a sustained run (bench/live.py's test: errors
 under 1 %, every reply a 200, at least 85 % of what the sessions offered in the
 measured window) found by a short ladder of offered rates around a first
-estimate: up by STEP from FIRST times the estimate until a run is not sustained,
-then one bisection between the last sustained and the first failed rate. The
+estimate: up by STEP from FIRST times the estimate (by STEP^2 after five runs)
+until a run is not sustained, then one bisection between the last sustained and the first failed rate. The
 estimate comes from the untraced server by bench/live.py's kind of search: rates
 doubling from 4,000/s (halving if that fails) until a run is not sustained, then
 one bisection. Every (tracing, round) ladder starts a fresh
@@ -51,7 +51,7 @@ from sim.workload import Workload  # noqa: E402
 
 STEP = 1.07           # ladder step between offered rates
 FIRST = 0.85          # the ladder starts at this share of the estimate
-MAX_RUNS = 7          # runs per ladder, bisection included
+MAX_RUNS = 10         # runs per ladder, bisection included
 
 
 def loadavg() -> str:
@@ -125,7 +125,7 @@ class Ladder:
                     good = rate
                     if bad is not None:
                         break
-                    rate *= STEP
+                    rate *= STEP if len(self.runs) < 5 else STEP ** 2   # the estimate was low: longer steps
                 else:
                     bad = rate
                     if good is not None:

@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
 
 from .. import http
