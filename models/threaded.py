@@ -234,8 +234,9 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     cpu = per_request + per_connection / workload.mean_requests_per_session
     threads = knobs.threads or knobs.max_conns
     cores = min(hw.cores, threads)
-    if knobs.gil and cores > 1:   # the Python part is serial: it bounds the rate wherever it is the larger share
+    if knobs.gil and cores > 1:
+        # the Python part is serial: `cores` servers of `cpu` each, or one lock of `python`,
+        # whichever is slower, told as the demand on `cores` servers that gives that rate
         python = cost("parse")() + cost("stat")() + cost("handoff")()
-        cpu += cost("handoff")()
-        cores = min(cores, cpu / python) if python > 0 else cores
+        cpu = max(cpu + cost("handoff")(), cores * python)
     return cpu, cores, fp.process_kb + (threads + 1) * fp.kernel_thread_kb
