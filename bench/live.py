@@ -214,6 +214,17 @@ def find_peak(name, pid, port, alive, workload, *, start, duration, warmup_s, bi
             "first_failed_rps": bad, "note": stop_reason, "runs": runs}
 
 
+def like_rate_efficiency(x: dict, ref: dict) -> tuple[float, float] | None:
+    """(offered rate, nginx's CPU per reply over the server's) at the highest offered rate both sustained."""
+    mine = {round(r["offered_rps"]): r for r in x.get("runs", []) if r["sustained"] and r["server_cpu_us_per_reply"]}
+    theirs = {round(r["offered_rps"]): r for r in ref.get("runs", []) if r["sustained"]}
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return None
+    rate = common[-1]
+    return rate, theirs[rate]["server_cpu_us_per_reply"] / mine[rate]["server_cpu_us_per_reply"]
+
+
 PHASES = {
     # name: (think times kept?, run seconds, warm-up seconds, first rate, first rate in --quick)
     "study": (True, 10.0, 5.0, 1000.0, 2000.0),
@@ -299,7 +310,8 @@ def main(argv=None) -> int:
 
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'server':<10} " + " ".join(f"{ph + ' peak/s':>14} {'Mbps':>7} {'/nginx':>6} {'cpu%':>5} {'core%':>5} "
-                                         f"{'sirq%':>5} {'hperf%':>6} {'us/rep':>6} {'eff':>5}" for ph in phases)
+                                         f"{'sirq%':>5} {'hperf%':>6} {'us/rep':>6} {'eff':>5} {'eff@rate':>13}"
+                                         for ph in phases)
           + "  notes")
     ref = next((r for r in results if r["server"] == "nginx"), {})
     for r in results:
@@ -307,17 +319,20 @@ def main(argv=None) -> int:
         for ph in phases:
             x = r.get(ph)
             if not x:
-                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5} {'-':>5} {'-':>5} {'-':>6} {'-':>6} {'-':>5}")
+                cells.append(f"{'-':>14} {'-':>7} {'-':>6} {'-':>5} {'-':>5} {'-':>5} {'-':>6} {'-':>6} {'-':>5} "
+                             f"{'-':>13}")
                 continue
             base = ref.get(ph, {}) if ref else {}
             ratio = f"{x['peak_reply_rps'] / base['peak_reply_rps']:.2f}" if base.get("peak_reply_rps") else "-"
             us = x["server_cpu_us_per_reply_at_peak"]
             eff = f"{base['server_cpu_us_per_reply_at_peak'] / us:.2f}" if us and base.get(
                 "server_cpu_us_per_reply_at_peak") else "-"
+            like = like_rate_efficiency(x, base) if base else None
+            like = f"{like[1]:.2f}@{like[0]:.0f}" if like else "-"
             cells.append(f"{x['peak_reply_rps']:>14.0f} {x['peak_mbps']:>7.1f} {ratio:>6} "
                          f"{x['server_cpu_pct_at_peak']:>5.0f} {x.get('server_core_busy_pct_at_peak', 0):>5.0f} "
                          f"{x.get('server_core_softirq_pct_at_peak', 0):>5.0f} {x.get('httperf_cpu_pct_at_peak', 0):>6.0f} "
-                         f"{us:>6.1f} {eff:>5}")
+                         f"{us:>6.1f} {eff:>5} {like:>13}")
             if x["note"]:
                 notes.append(f"{ph}: {x['note']}")
         if "unavailable" in r:
@@ -329,7 +344,8 @@ def main(argv=None) -> int:
           "part; hperf% = httperf's own CPU share on the load core (near 100 %: the load generator, not the "
           "server, was the limit; cpu% near 100 %: the server was). eff = nginx's us/rep over the server's "
           "(replies per CPU-second relative to nginx), less skewed than the peak ratio by other work on the "
-          "machine (but CPU per reply falls as the load rises, so compare runs of like rates)")
+          "machine; but CPU per reply falls as the load rises, so eff@rate compares like with like: the same "
+          "ratio at the highest offered rate (after @) that both the server and nginx sustained")
     if args.json:
         doc = {"directories": args.directories, "quick": args.quick, "kept_up_ratio": KEPT_UP,
                "max_errors_pct": MAX_ERRORS_PCT, "phases": {k: PHASES[k] for k in phases}, "results": results}
