@@ -64,7 +64,7 @@ def event_loop(server, proc, knobs):
     epoll = mechanism == "epoll"
     request_cpu = c.read + c.parse + c.write + c.write_u * server.header_bytes
     per_byte = c.sendfile_u + c.net_tx_u
-    reply_sent = server.reply_sent
+    reply_sent, run = server.reply_sent, server.cpu.run
     while True:
         if not proc.ready and not server.can_accept(proc):
             yield proc.wait()                      # poll blocks: nothing is ready
@@ -103,7 +103,7 @@ def event_loop(server, proc, knobs):
             else:
                 continue
             # the reply leaves as soon as this descriptor's work is done
-            yield proc.run(cpu)
+            yield run(proc, cpu)
             cpu = 0.0
             if miss is not None:                   # sendfile faults the file in: the process blocks
                 yield from server.block(proc, miss)
@@ -116,7 +116,7 @@ def event_loop(server, proc, knobs):
                 chunk = conn.unsent
             server.send(conn, chunk, reply_sent)
         if cpu:
-            yield proc.run(cpu)
+            yield run(proc, cpu)
 
 
 def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float, processes: int = 1):

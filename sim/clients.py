@@ -63,9 +63,9 @@ class Clients:
         self.server = server
         self.session_rate = workload.session_rate(offered_rps)
         self.t0, self.t1 = window
-        self.sizes = workload.fileset.sizes
+        self.sizes = workload.fileset.sizes.tolist()
         self.header_bytes = server.header_bytes
-        self._files = np.empty(0, dtype=np.int64)
+        self._files: list = []
         self._fpos = 0
         # deadlines of requests in flight: almost always sent in time order, so a FIFO;
         # the few that are not (a first request timed from a SYN retried earlier) go to a heap
@@ -147,9 +147,9 @@ class Clients:
     # -- drawing --------------------------------------------------------------------------------
     def _next_file(self) -> int:
         if self._fpos >= len(self._files):
-            self._files = self.w.fileset.sample(self.rng, FILE_BATCH)
+            self._files = self.w.fileset.sample(self.rng, FILE_BATCH).tolist()
             self._fpos = 0
-        f = int(self._files[self._fpos])
+        f = self._files[self._fpos]
         self._fpos += 1
         return f
 
@@ -199,7 +199,7 @@ class Clients:
     def _send(self, conn):
         """Send the next request of the session on its connection."""
         conn.file = f = self._next_file()
-        conn.size = int(self.sizes[f]) + self.header_bytes
+        conn.size = self.sizes[f] + self.header_bytes
         conn.sent_at = self.env.now if conn.reqno else conn.born
         conn.reqno += 1
         conn.left -= 1

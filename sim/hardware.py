@@ -97,7 +97,7 @@ class Link:
     per flow, with a single pending timer for the next departure.
     """
 
-    __slots__ = ("env", "rate", "v", "t", "n", "heap", "seq", "timer_at", "busy", "bytes", "_busy_since")
+    __slots__ = ("env", "rate", "v", "t", "n", "heap", "seq", "timer_at", "timer", "busy", "bytes", "_busy_since")
 
     def __init__(self, env: simpy.Environment, bytes_per_s: float):
         self.env = env
@@ -108,6 +108,7 @@ class Link:
         self.heap: list = []
         self.seq = 0
         self.timer_at = None
+        self.timer = None      # the pending wake-up
         self.busy = 0.0
         self.bytes = 0.0
         self._busy_since = 0.0
@@ -118,15 +119,18 @@ class Link:
         self.t = now
 
     def send(self, nbytes: float, on_done, arg) -> Flow:
-        now = self.env.now
-        self._advance(now)
-        if self.n == 0:
+        now = self.env._now
+        n = self.n
+        if n:
+            self.v += (now - self.t) * self.rate / n
+        else:
             self.v = 0.0  # re-base while idle: keeps the tags small
             self._busy_since = now
+        self.t = now
         flow = Flow(self.v + nbytes, on_done, arg)
         self.seq += 1
         heapq.heappush(self.heap, (flow.finish, self.seq, flow))
-        self.n += 1
+        self.n = n + 1
         self.bytes += nbytes
         self._schedule(now)
         return flow
@@ -152,14 +156,17 @@ class Link:
         left = heap[0][0] - self.v
         due = now + left * self.n / self.rate if left > 0.0 else now
         if self.timer_at is None or due < self.timer_at:
+            if self.timer is not None:
+                self.timer.callbacks = ()  # superseded: it will fire as a no-op
             self.timer_at = due
-            self.env.call_later(due - now, self._wake)
+            self.timer = self.env.call_later(due - now, self._wake)
 
     def _wake(self, ev):
         now = self.env.now
         if self.timer_at is None or now < self.timer_at:
-            return  # superseded: an earlier timer already did this work
+            return
         self.timer_at = None
+        self.timer = None
         if not self.n:
             return
         self._advance(now)

@@ -73,7 +73,7 @@ class Server:
         self.hw = hw
         self.profile = profile
         self.costs = Costs(profile, ops)
-        self.sizes = fileset.sizes
+        self.sizes = fileset.sizes.tolist()   # plain ints: indexing a list is cheaper than an array
         self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed)
         self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
         self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024)
