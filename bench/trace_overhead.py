@@ -59,22 +59,20 @@ def loadavg() -> str:
 
 
 def traced_call_cost(n: int = 20000) -> float:
-    """CPU seconds that tracing adds to one call as the servers trace it (start, then the inline
-    end; CPU sampled at the default rate): the least of 15 batches, on this process's core."""
-    from real.trace import CPU_SAMPLE, OP, Recorder, _perf
+    """CPU seconds that tracing adds to one call as the servers trace it (the inline pattern of
+    real/trace.py's Recorder, sampled at the default rate): the least of 15 batches, on this core."""
+    from real.trace import CPU_SAMPLE, OP, Recorder
     rec = Recorder("bench", 1, CPU_SAMPLE)
     code = OP["read"] + 100
 
     def batch():
         for _ in range(100):
-            t = rec.start()
-            if t > 0.0:
-                w = rec.w
-                w(code)
-                w(_perf() - t)
-            else:
+            t = rec.begin() if rec.sample() else 0.0
+            if t:
                 rec.sampled(code, t)
-        del rec.wall[:], rec.cpu[:]
+            else:
+                rec.n(code)
+        del rec.calls[:], rec.samples[:]
 
     def empty():
         for _ in range(100):

@@ -4,23 +4,27 @@ Switched on by `simrun serve ARCH --trace PREFIX`: each server process writes
 PREFIX.<pid>.trace (one file per process; its threads are merged, each under
 its `role`). The calibration code reads it with `read_trace(path)`.
 
-What is recorded. Around each traced call the server takes the wall clock
-(time.perf_counter) and, for a pseudo-random sample of calls (probability
-CPU_SAMPLE, random gaps from a fixed seed per thread), the calling thread's CPU
-clock (time.thread_time: a system call, too dear to take on every call). The
-hot path only appends two floats per call (operation and units packed in one,
-seconds) to an array of its thread, without a context manager or closure
-(floats: CPython adds and stores them faster than nanosecond integers);
-each flush aggregates them with numpy per (role, operation, unit bucket), where
-the bucket of a call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for
-2-3, 3 for 4-7, ...): count and sums of units, units^2, wall, wall^2, units*wall,
-and the same over the CPU-sampled calls. Per-bucket sums let a fit of fixed +
+What is recorded. Every traced call is counted with its units. For a
+pseudo-random sample of calls (probability CPU_SAMPLE, from a cycle of random
+gaps drawn with a fixed seed per thread) the server also takes the wall clock
+(time.perf_counter) and the calling thread's CPU clock (time.thread_time, a
+system call) around the call. Timing every call was the dear part of tracing:
+two clock readings and their bookkeeping cost a traced call as much as the
+interpreter work of a small system call. So an unsampled call costs one C-level
+`next()` on the sample cycle and one float appended to an array of its thread
+(operation and units packed in one); a sampled call appends (code, wall, CPU).
+There is no context manager or closure on the hot path. Each flush aggregates
+the records with numpy per (role, operation, unit bucket), where the bucket of a
+call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for 2-3, 3 for 4-7,
+...): count and sums of units and units^2 over all calls, and over the sampled
+calls their count, sums of units and units^2, and sums of wall, wall^2,
+units*wall, CPU, CPU^2 and units*CPU. Per-bucket sums let a fit of fixed +
 per-unit cost use the spread within buckets too.
 
 Units are those of OPERATIONS: bytes for read/write/sendfile, descriptors in the
 interest set for poll/select, ready events for epoll_wait, 1 for `call`
 operations. A call that fails (EWOULDBLOCK, a reset) is recorded with 0 units,
-so a failed accept is bucket 0. `ult_switch` is counted with wall and CPU 0: a
+so a failed accept is bucket 0. `ult_switch` is only counted (never sampled): a
 gevent wait's own cost cannot be separated from the greenlets that run meanwhile;
 its count is what the models need. The wall time of a call that blocks (a
 waiting poll, a blocking recv or sendfile) includes the waiting; its CPU time
@@ -33,21 +37,25 @@ so calibration can compare the traced sum with the whole process's CPU.
 File format (UTF-8 text, tab-separated, written whole to a temporary file and
 renamed, every FLUSH_EVERY seconds and at exit, so it is never half written):
 
-    websim-trace<TAB>1
+    websim-trace<TAB>2
     meta<TAB>KEY<TAB>VALUE                    (pid, arch, cpu_sample, started, ...)
     times<TAB>WHEN<TAB>MONO<TAB>USER<TAB>SYSTEM   WHEN = start | last | end;
                                               MONO = time.monotonic(); USER, SYSTEM = getrusage
     op<TAB>ROLE<TAB>NAME<TAB>UNIT<TAB>BUCKET<TAB>COUNT<TAB>UNITS<TAB>UNITS2<TAB>WALL<TAB>WALL2<TAB>UNITS_WALL
       <TAB>CPU_COUNT<TAB>CPU_UNITS<TAB>CPU_UNITS2<TAB>CPU<TAB>CPU2<TAB>UNITS_CPU
 
-meta wall_bias and cpu_bias: what tracing itself adds to each traced call's wall
-and sampled CPU seconds, measured at start (see measure_bias); subtract them, as
-Trace.cost() does. Seconds for times; counts as integers, sums as floats written with repr (exact
+COUNT, UNITS and UNITS2 are over all calls; CPU_COUNT, CPU_UNITS and CPU_UNITS2
+over the sampled calls, and so are WALL, WALL2 and UNITS_WALL in version 2 (in
+version 1, which timed the wall clock of every call, over all calls: read_trace
+reads both, and OpStats.mean_wall divides by the right count). meta wall_bias and
+cpu_bias: what tracing itself adds to each sampled call's wall and CPU seconds,
+measured at start (see measure_bias); subtract them, as Trace.cost() does. Seconds for times; counts as integers, sums as floats written with repr (exact
 round trip). Roles: `loop` (event-loop processes), `conn` (threaded), `green`,
 and the pipeline's stages `accept`, `read`, `wselect`, `writer`.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import resource
@@ -58,16 +66,16 @@ from dataclasses import dataclass, field
 
 from sim.operations import OPERATION_NAMES, OPERATIONS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CPU_SAMPLE = 0.0625
 FLUSH_EVERY = 2.0
+_CYCLE = 65521       # sampling flags per thread, a prime count, drawn once and repeated
 
 _perf = time.perf_counter
 _tcpu = time.thread_time
 
 # A record packs the operation and its units into one float, code = index * 2**40 + units (exact
-# for units below 2**40), so a traced call appends two floats: `code + units` and seconds. OP gives
-# each operation's code.
+# for units below 2**40): `OP[name] + units`.
 _SHIFT = float(2 ** 40)
 OP: dict[str, float] = {name: i * _SHIFT for i, name in enumerate(OPERATION_NAMES)}
 
@@ -78,94 +86,92 @@ _FIELDS = ("count", "units", "units2", "wall", "wall2", "units_wall",
 class Recorder:
     """Per-thread raw records, aggregated (vectorised) at each flush.
 
-    The hot path, written out at each call site (a method call costs as much as
-    the recording itself)::
+    The hot path, written out at each call site (a method call would cost as
+    much as the recording)::
 
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         <call>
-        if t > 0.0: w = rec.w; w(OP[name] + units); w(_perf() - t)
-        else: rec.sampled(OP[name] + units, t)
+        if t: rec.sampled(OP[name] + units, t)
+        else: rec.n(OP[name] + units)
 
-    (`rec.add(code, t)` does the same in one call, for the rarer operations.)
-    `start()` returns the wall clock, negated when this call is CPU-sampled
-    (the thread clock then waits in `c0`; traced calls never nest within a
-    thread). `then()` ends one call and starts the next in one clock reading.
-    Only the owning thread appends; the flusher takes whole records from the
-    front, so no lock is needed.
+    `sample` is the `__next__` of an itertools.cycle of flags (C code, no clock
+    read); `begin()` reads the thread's CPU clock into `c0` and returns the wall
+    clock (traced calls never nest within a thread). `then()` ends one call and
+    starts the next in one clock reading, sampled alike. Only the owning thread
+    appends; the flusher takes whole records from the front, so no lock is needed.
     """
 
-    __slots__ = ("role", "wall", "cpu", "w", "c", "k", "c0", "_rand", "_gap")
+    __slots__ = ("role", "calls", "samples", "n", "s", "sample", "c0")
 
     def __init__(self, role: str, seed: int, p: float):
         self.role = role
-        self.wall = array("d")   # code + units, wall seconds; 2 per call
-        self.cpu = array("d")    # code + units, CPU seconds; 2 per sampled call
-        self.w = self.wall.append
-        self.c = self.cpu.append
-        self._rand = random.Random(seed).random
-        # gaps between sampled calls: uniform on 1..2/p-1 (mean 1/p), random so no
-        # periodic pattern of calls can alias with the sampling
-        self._gap = max(1.0, 2.0 / p - 1.0) if p > 0 else 0.0
-        self.k = self._next()
+        self.calls = array("d")     # code + units of each unsampled call
+        self.samples = array("d")   # code + units, wall seconds, CPU seconds of each sampled call
+        self.n = self.calls.append
+        self.s = self.samples.append
+        # flags with gaps uniform on 1..2/p-1 (mean 1/p), random so that no periodic pattern of
+        # calls can alias with the sampling; a prime cycle length, for the same reason
+        flags = [False] * _CYCLE
+        if p >= 1.0:
+            flags = [True] * _CYCLE
+        elif p > 0:
+            rand = random.Random(seed).random
+            gap = max(1.0, 2.0 / p - 1.0)
+            i = int(rand() * gap)
+            while i < _CYCLE:
+                flags[i] = True
+                i += 1 + int(rand() * gap)
+        self.sample = itertools.cycle(flags).__next__
         self.c0 = 0.0
 
-    def _next(self) -> int:
-        return 1 + int(self._rand() * self._gap) if self._gap else -1
+    def begin(self) -> float:
+        """Start a sampled call: CPU clock into c0, returns the wall clock."""
+        self.c0 = _tcpu()
+        return _perf()
 
     def start(self) -> float:
-        k = self.k - 1
-        if k:
-            self.k = k
-            return _perf()
-        self.k = self._next()
-        self.c0 = _tcpu()
-        return -_perf()
+        """The wall clock if this call is sampled (its start taken), else 0.0."""
+        return self.begin() if self.sample() else 0.0
 
     def sampled(self, code: float, t: float) -> None:
-        """End a CPU-sampled call (t < 0)."""
-        w = self.w
-        w(code)
-        w(_perf() + t)
-        c = self.c
-        c(code)
-        c(_tcpu() - self.c0)
+        """End a sampled call started at t."""
+        w = _perf() - t
+        c = _tcpu() - self.c0
+        s = self.s
+        s(code)
+        s(w)
+        s(c)
 
     def add(self, code: float, t: float) -> None:
-        """End the call started at t, with code = OP[name] + units."""
-        if t > 0.0:
-            w = self.w
-            w(code)
-            w(_perf() - t)
-        else:
+        """End the call started by start(), with code = OP[name] + units."""
+        if t:
             self.sampled(code, t)
+        else:
+            self.n(code)
 
     def then(self, code: float, t: float) -> float:
         """add() for the call that just ended, and the start of the next, sampled alike."""
-        w = self.w
-        w(code)
+        if not t:
+            self.n(code)
+            return 0.0
         now = _perf()
-        if t > 0.0:
-            w(now - t)
-            return now
-        w(now + t)
         c = _tcpu()
-        ac = self.c
-        ac(code)
-        ac(c - self.c0)
+        s = self.s
+        s(code)
+        s(now - t)
+        s(c - self.c0)
         self.c0 = c
-        return -now
+        return now
 
     def count(self, code: float) -> None:
-        """Count a call whose own cost cannot be timed apart (ult_switch): wall 0."""
-        w = self.w
-        w(code)
-        w(0.0)
+        """Count a call whose own cost cannot be timed apart (ult_switch)."""
+        self.n(code)
 
     def take(self) -> tuple[array, array]:
         """The complete records so far, removed from the buffers (called by the flusher)."""
         out = []
-        for buf in (self.wall, self.cpu):
-            end = len(buf) // 2 * 2
+        for buf, size in ((self.calls, 1), (self.samples, 3)):
+            end = len(buf) // size * size
             chunk = buf[:end]
             del buf[:end]
             out.append(chunk)
@@ -175,49 +181,65 @@ class Recorder:
 _BUCKETS = 64      # key = operation index * _BUCKETS + bucket; buckets run to 41
 
 
-def _aggregate(records: array, into: dict, role: str, offset: int) -> None:
-    """Add (code + units, seconds) pairs to into[(role, op, bucket)][offset:offset+6]."""
-    if not records:
-        return
+def _aggregate(calls: array, samples: array, into: dict, role: str) -> None:
+    """Add unsampled (code + units) and sampled (code + units, wall, CPU) records to
+    into[(role, op, bucket)] (the 12 sums of _FIELDS)."""
     import numpy as np
-    r = np.frombuffer(records, dtype=np.float64).reshape(-1, 2)
-    op = np.floor(r[:, 0] / _SHIFT)
-    u = r[:, 0] - op * _SHIFT
-    x = r[:, 1]
-    key = op.astype(np.int64) * _BUCKETS + np.frexp(u)[1]    # frexp's exponent == int(u).bit_length()
-    n = np.bincount(key)
-    keys = np.flatnonzero(n)
-    sums = [n[keys].astype(np.float64)]
-    for wgt in (u, u * u, x, x * x, u * x):
-        sums.append(np.bincount(key, weights=wgt, minlength=len(n))[keys])
-    for j, k in enumerate(keys.tolist()):
+    parts = []
+    for records, width in ((calls, 1), (samples, 3)):
+        if not records:
+            parts.append(None)
+            continue
+        r = np.frombuffer(records, dtype=np.float64).reshape(-1, width)
+        op = np.floor(r[:, 0] / _SHIFT)
+        u = r[:, 0] - op * _SHIFT
+        key = op.astype(np.int64) * _BUCKETS + np.frexp(u)[1]    # frexp's exponent == int(u).bit_length()
+        parts.append((key, u, r))
+    keys = np.unique(np.concatenate([p[0] for p in parts if p is not None])) if any(parts) else []
+    if not len(keys):
+        return
+    size = int(keys[-1]) + 1
+    sums = np.zeros((12, size))
+    for p in parts:
+        if p is None:
+            continue
+        key, u, r = p
+        sums[0] += np.bincount(key, minlength=size)
+        sums[1] += np.bincount(key, weights=u, minlength=size)
+        sums[2] += np.bincount(key, weights=u * u, minlength=size)
+    if parts[1] is not None:
+        key, u, r = parts[1]
+        w, c = r[:, 1], r[:, 2]
+        for i, wgt in ((3, w), (4, w * w), (5, u * w), (7, u), (8, u * u), (9, c), (10, c * c), (11, u * c)):
+            sums[i] += np.bincount(key, weights=wgt, minlength=size)
+        sums[6] += np.bincount(key, minlength=size)
+    for k in keys.tolist():
         name = (role, OPERATION_NAMES[k // _BUCKETS], k % _BUCKETS)
         acc = into.get(name)
         if acc is None:
             acc = into[name] = [0.0] * 12
-        for i in range(6):
-            acc[offset + i] += float(sums[i][j])
+        col = sums[:, k]
+        for i in range(12):
+            acc[i] += float(col[i])
 
 
 def measure_bias(n: int = 2000) -> tuple[float, float]:
-    """Mean wall and CPU seconds that tracing itself adds to one traced call: the median of
-    five batches of empty calls, all CPU-sampled, traced as the servers trace theirs. A
-    sampled CPU interval contains about one thread_time() system call, comparable to a
-    cheap traced call, so calibration should subtract these (meta wall_bias and cpu_bias)."""
+    """Mean wall and CPU seconds that tracing itself adds to one sampled call: the median of
+    five batches of empty calls, all sampled, traced as the servers trace theirs. A sampled
+    CPU interval contains about one thread_time() system call, comparable to a cheap traced
+    call, so calibration should subtract these (meta wall_bias and cpu_bias)."""
     walls, cpus = [], []
     code = OP["parse"] + 1
     for _ in range(5):
         rec = Recorder("bias", 1, 1.0)
         for _ in range(n // 5):
-            t = rec.start()
-            if t > 0.0:
-                w = rec.w
-                w(code)
-                w(_perf() - t)
-            else:
+            t = rec.begin() if rec.sample() else 0.0
+            if t:
                 rec.sampled(code, t)
-        w = rec.wall[1::2]
-        c = rec.cpu[1::2]
+            else:
+                rec.n(code)
+        w = rec.samples[1::3]
+        c = rec.samples[2::3]
         walls.append(sum(w) / len(w))
         cpus.append(sum(c) / len(c))
     return sorted(walls)[2], sorted(cpus)[2]
@@ -282,23 +304,23 @@ class Tracer:
         with self.lock:
             by_role: dict[str, tuple[array, array]] = {}
             for rec in self.recorders:      # one pass of numpy per role, not per thread (threaded has 2000)
-                if len(rec.wall) > 1 or len(rec.cpu) > 1:
-                    wall, cpu = rec.take()
+                if rec.calls or len(rec.samples) > 2:
+                    calls, samples = rec.take()
                     acc = by_role.get(rec.role)
                     if acc is None:
                         acc = by_role[rec.role] = (array("d"), array("d"))
-                    acc[0].extend(wall)
-                    acc[1].extend(cpu)
-            for role, (wall, cpu) in by_role.items():
-                _aggregate(wall, self.totals, role, 0)
-                _aggregate(cpu, self.totals, role, 6)
+                    acc[0].extend(calls)
+                    acc[1].extend(samples)
+            for role, (calls, samples) in by_role.items():
+                _aggregate(calls, samples, self.totals, role)
             return {k: list(v) for k, v in self.totals.items()}
 
     def flush(self, end: bool = False) -> None:
         lines = [f"websim-trace\t{FORMAT_VERSION}",
                  f"meta\tpid\t{self.pid}", f"meta\tarch\t{self.arch}",
                  f"meta\tcpu_sample\t{self.cpu_sample!r}", f"meta\tstarted\t{self.started!r}",
-                 f"meta\twall_bias\t{self.wall_bias!r}", f"meta\tcpu_bias\t{self.cpu_bias!r}"]
+                 f"meta\twall_bias\t{self.wall_bias!r}", f"meta\tcpu_bias\t{self.cpu_bias!r}",
+                 "meta\twall_of\tsampled"]
         lines.append("times\tstart\t" + "\t".join(repr(x) for x in self.t_start))
         lines.append(("times\tend\t" if end else "times\tlast\t") + "\t".join(repr(x) for x in self._times()))
         for (role, op, b), s in sorted(self._merged().items()):
@@ -339,10 +361,12 @@ class OpStats:
     cpu: float = 0.0
     cpu2: float = 0.0
     units_cpu: float = 0.0
+    wall_sampled: bool = False    # wall sums over the sampled calls (format 2), not over all (1)
 
     @property
     def mean_wall(self) -> float:
-        return self.wall / self.count if self.count else 0.0
+        n = self.cpu_count if self.wall_sampled else self.count
+        return self.wall / n if n else 0.0
 
     @property
     def mean_cpu(self) -> float:
@@ -379,7 +403,8 @@ class Trace:
             key = (s.role, s.op) if by_role else s.op
             acc = out.get(key)
             if acc is None:
-                acc = out[key] = OpStats(s.role if by_role else "*", s.op, s.unit, -1)
+                acc = out[key] = OpStats(s.role if by_role else "*", s.op, s.unit, -1,
+                                         wall_sampled=s.wall_sampled)
             for f in _FIELDS:
                 setattr(acc, f, getattr(acc, f) + getattr(s, f))
         return out
@@ -406,14 +431,16 @@ class Trace:
 def read_trace(path: str) -> Trace:
     """Read one trace file; raises ValueError naming the file and line on a bad one."""
     tr = Trace(path)
+    version = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
             try:
                 kind = parts[0]
                 if lineno == 1:
-                    if kind != "websim-trace" or int(parts[1]) != FORMAT_VERSION:
-                        raise ValueError("not a websim trace of version 1")
+                    if kind != "websim-trace" or parts[1] not in ("1", "2"):
+                        raise ValueError("not a websim trace of version 1 or 2")
+                    version = int(parts[1])
                 elif kind == "meta":
                     tr.meta[parts[1]] = parts[2]
                 elif kind == "times":
@@ -427,7 +454,7 @@ def read_trace(path: str) -> Trace:
                         raise ValueError("wrong number of fields")
                     nums = {f: (int(v) if f in ("count", "cpu_count") else float(v))
                             for f, v in zip(_FIELDS, vals)}
-                    tr.ops.append(OpStats(role, op, unit, bucket, **nums))
+                    tr.ops.append(OpStats(role, op, unit, bucket, **nums, wall_sampled=version >= 2))
                 elif kind:
                     raise ValueError(f"unknown record {kind!r}")
             except (IndexError, ValueError) as e:

@@ -174,7 +174,22 @@ def test_trace_aggregates_exactly(tmp_path):
                    11: (1, 1500, 2250000)}
     total = t.totals()["sendfile"]
     assert total.count == 7 and 0 < total.cpu_count < 7 and total.wall > 0
+    assert total.mean_wall == total.wall / total.cpu_count      # format 2: the wall of the sampled calls
     assert t.totals()["ult_switch"].count == 1
+
+
+def test_trace_reader_reads_format_1(tmp_path):
+    """Files of format 1 (the wall clock of every call) still read, their mean wall over all calls."""
+    path = tmp_path / "old.trace"
+    path.write_text("websim-trace\t1\nmeta\tpid\t1\ntimes\tstart\t1.0\t0.5\t0.25\n"
+                    "op\tloop\tread\tbyte\t7\t4\t400\t40000\t0.004\t4e-06\t0.4\t1\t100\t10000\t0.0005\t2.5e-07\t0.05\n")
+    t = read_trace(str(path))
+    s = t.ops[0]
+    assert (s.count, s.cpu_count, s.wall_sampled) == (4, 1, False) and s.mean_wall == 0.001
+    assert t.totals()["read"].mean_wall == 0.001 and s.mean_cpu == 0.0005
+    path.write_text(path.read_text().replace("websim-trace\t1", "websim-trace\t3"))
+    with pytest.raises(ValueError, match="version"):
+        read_trace(str(path))
 
 
 @pytest.mark.parametrize("threads", [True, False])

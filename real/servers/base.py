@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from .. import http
-from ..trace import OP, Recorder, Tracer, _perf
+from ..trace import OP, Recorder, Tracer
 
 RECV_SIZE = 16384
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
@@ -127,7 +127,7 @@ def traced_accept(lsock: socket.socket, rec: Recorder | None):
     """accept() once; raises BlockingIOError when the queue is empty."""
     if rec is None:
         return lsock.accept()[0]
-    t = rec.start()
+    t = rec.begin() if rec.sample() else 0.0
     ok = 0
     try:
         s = lsock.accept()[0]
@@ -164,17 +164,15 @@ class Conn:
         if rec is None:
             data = self.sock.recv(RECV_SIZE)
         else:
-            t = rec.start()
+            t = rec.begin() if rec.sample() else 0.0
             data = b""
             try:
                 data = self.sock.recv(RECV_SIZE)
             finally:
-                if t > 0.0:
-                    w = rec.w
-                    w(OP_READ + len(data))
-                    w(_perf() - t)
-                else:
+                if t:
                     rec.sampled(OP_READ + len(data), t)
+                else:
+                    rec.n(OP_READ + len(data))
         if data:
             if not self.started:
                 self.started = now
@@ -203,7 +201,7 @@ class Conn:
                     return None
                 self.reply = http.lookup_reply(self.cache, req)[0]
         else:
-            t = rec.start()
+            t = rec.begin() if rec.sample() else 0.0
             try:
                 req = parser.next_request()
             except http.HttpError as err:
@@ -218,12 +216,10 @@ class Conn:
                 t = rec.then(OP_PARSE + 1, t)
                 self.reply, hit = http.lookup_reply(self.cache, req)
                 code = OP_STAT + 1 if hit else OP_OPEN + 1
-                if t > 0.0:
-                    w = rec.w
-                    w(code)
-                    w(_perf() - t)
-                else:
+                if t:
                     rec.sampled(code, t)
+                else:
+                    rec.n(code)
         # a pipelined request may have begun already
         self.started = self.last if parser.buf and parser.started else 0.0
         return self.reply
@@ -241,17 +237,15 @@ class Conn:
                 if rec is None:
                     n = self.sock.send(head, MSG_MORE if length else 0)
                 else:
-                    t = rec.start()
+                    t = rec.begin() if rec.sample() else 0.0
                     n = 0
                     try:
                         n = self.sock.send(head, MSG_MORE if length else 0)
                     finally:
-                        if t > 0.0:
-                            w = rec.w
-                            w(OP_WRITE + n)
-                            w(_perf() - t)
-                        else:
+                        if t:
                             rec.sampled(OP_WRITE + n, t)
+                        else:
+                            rec.n(OP_WRITE + n)
                 self.last = now
                 if n < len(head):
                     r.head = head[n:]
@@ -261,17 +255,15 @@ class Conn:
                 if rec is None:
                     n = os.sendfile(self.fd, r.entry.fd, r.offset, r.length)
                 else:
-                    t = rec.start()
+                    t = rec.begin() if rec.sample() else 0.0
                     n = 0
                     try:
                         n = os.sendfile(self.fd, r.entry.fd, r.offset, r.length)
                     finally:
-                        if t > 0.0:
-                            w = rec.w
-                            w(OP_SENDFILE + n)
-                            w(_perf() - t)
-                        else:
+                        if t:
                             rec.sampled(OP_SENDFILE + n, t)
+                        else:
+                            rec.n(OP_SENDFILE + n)
                 if n == 0:
                     raise ConnectionAbortedError("file shorter than its cached size")
                 r.offset += n
@@ -330,7 +322,7 @@ class Conn:
         if rec is None:
             self.sock.close()
         else:
-            t = rec.start()
+            t = rec.begin() if rec.sample() else 0.0
             try:
                 self.sock.close()
             finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import select
 
-from ..trace import OP, Recorder, _perf
+from ..trace import OP, Recorder
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -39,7 +39,7 @@ class EpollSet:
         if rec is None:
             fn(*args)
             return
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         try:
             fn(*args)
         finally:
@@ -64,17 +64,15 @@ class EpollSet:
         rec = self.rec
         if rec is None:
             return self.ep.poll(timeout)
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         ev = []
         try:
             ev = self.ep.poll(timeout)
         finally:
-            if t > 0.0:
-                w = rec.w
-                w(OP_EPOLL_WAIT + len(ev))
-                w(_perf() - t)
-            else:
+            if t:
                 rec.sampled(OP_EPOLL_WAIT + len(ev), t)
+            else:
+                rec.n(OP_EPOLL_WAIT + len(ev))
         return ev
 
     def close(self) -> None:
@@ -107,7 +105,7 @@ class PollSet:
         rec = self.rec
         if rec is None:
             return self.p.poll(ms)
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         try:
             return self.p.poll(ms)
         finally:
@@ -151,7 +149,7 @@ class SelectSet:
         if rec is None:
             rr, ww, _ = select.select(r, w, [], timeout)
         else:
-            t = rec.start()
+            t = rec.begin() if rec.sample() else 0.0
             rr = ww = ()
             try:
                 rr, ww, _ = select.select(r, w, [], timeout)

@@ -42,12 +42,11 @@ def run(cfg: Config) -> int:
     class Expired(Exception):
         pass
 
-    count = rec.w if rec is not None else None
+    count = rec.n if rec is not None else None
 
     def wait(fn, fd: int, timeout: float) -> None:
-        if count is not None:       # ult_switch: counted, wall 0 (Recorder.count, inline)
+        if count is not None:       # ult_switch: counted only (Recorder.count, inline)
             count(OP_ULT_SWITCH + 1)
-            count(0.0)
         fn(fd, timeout=max(0.0, timeout), timeout_exc=Expired)   # the class: an instance only when it expires
 
     def handle(s) -> None:
@@ -101,7 +100,6 @@ def run(cfg: Config) -> int:
             except BlockingIOError:
                 if count is not None:
                     count(OP_ULT_SWITCH + 1)
-                    count(0.0)
                 wait_read(lfd)
                 continue
             except OSError as e:

@@ -24,7 +24,7 @@ import threading
 import time
 
 from . import events
-from ..trace import OP, _perf
+from ..trace import OP
 from .base import Config, Conn, Context, Stopper, announce, log, make_listener, traced_accept
 from .events import IN, OUT
 
@@ -48,15 +48,13 @@ class Stage:
             self.inbox.append(c)
             os.eventfd_write(self.wake, 1)
             return
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         self.inbox.append(c)
         os.eventfd_write(self.wake, 1)
-        if t > 0.0:
-            w = rec.w
-            w(OP_HANDOFF + 1)
-            w(_perf() - t)
-        else:
+        if t:
             rec.sampled(OP_HANDOFF + 1, t)
+        else:
+            rec.n(OP_HANDOFF + 1)
 
     def drain(self) -> list[Conn]:
         try:
@@ -116,14 +114,12 @@ def run(cfg: Config) -> int:
         if rec is None:
             work.put(c)
             return
-        t = rec.start()
+        t = rec.begin() if rec.sample() else 0.0
         work.put(c)
-        if t > 0.0:
-            w = rec.w
-            w(OP_HANDOFF + 1)
-            w(_perf() - t)
-        else:
+        if t:
             rec.sampled(OP_HANDOFF + 1, t)
+        else:
+            rec.n(OP_HANDOFF + 1)
 
     def accept_stage() -> None:
         rec = ctx.recorder("accept")
