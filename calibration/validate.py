@@ -555,13 +555,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_MAIN_PID = os.getpid()
+
+
 def _terminate(signum, frame):
-    """SIGTERM unwinds like an error, so servers, namespaces and cgroups are removed on the way out."""
+    """SIGTERM unwinds like an error, so servers, namespaces and cgroups are removed on the way out.
+
+    Only in this process: the simulator's worker processes are forked from it and inherit the
+    handler, and the pool ends them with SIGTERM. There it must end them at once, as the default
+    action would; unwinding would run their exit handlers on locks the fork left held."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise SystemExit(143)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _terminate)
     workdir = None
     try:

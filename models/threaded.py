@@ -34,10 +34,7 @@ a Python server on a short CFS period up to half its share.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
-
-import simpy
 
 from sim.config import knob
 
@@ -112,6 +109,7 @@ class Threaded:
         gil.acquisitions += takes
         ev = w.run(before + python + after)
         yield ev
+        end = env.now - after                    # when this burst's Python section ended
         cut = getattr(ev, "cut", -1.0)
         if before < cut < before + python:
             n = len(self.server.cpu.queue)
@@ -121,7 +119,6 @@ class Threaded:
                 yield w.run(n * handoff)
         handed = False
         while True:
-            end = env.now - after
             start = end - python
             if gil.free_at <= start + 1e-12:
                 if end > gil.free_at:
@@ -136,8 +133,9 @@ class Threaded:
             if not handed:
                 handed = True
                 gil.handovers += 1
-            python, after = overlap + handoff, 0.0
+            python = overlap + handoff
             yield w.run(python)
+            end = env.now
 
     def listen(self):
         """The listener: accept one connection per free thread, and hand it over."""

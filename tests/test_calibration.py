@@ -182,6 +182,40 @@ def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
     assert back.hardware.cpu_quota == 0.25 and back.hardware.cpu_period_ms == 4.0
 
 
+def test_sigterm_ends_a_forked_simulator_worker_at_once():
+    """The simulator's pool workers are forked from `simrun validate` and inherit its SIGTERM handler.
+    The pool ends them with SIGTERM: they must die at once, without running exit handlers (which
+    waited forever on a lock the fork left held), while validate itself unwinds."""
+    import signal
+    import time
+    from calibration import validate
+    old = signal.signal(signal.SIGTERM, validate._terminate)
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:                                  # the worker: an exit handler that must not run
+            try:
+                os.close(r)
+                import atexit
+                atexit.register(os.write, w, b"unwound")
+                time.sleep(20)
+            finally:
+                os._exit(0)
+        os.close(w)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        _, status = os.waitpid(pid, 0)
+        assert time.monotonic() - t0 < 5
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+        assert os.read(r, 100) == b""
+        with pytest.raises(SystemExit):               # in validate's own process: unwind
+            validate._terminate(signal.SIGTERM, None)
+    finally:
+        os.close(r)
+        signal.signal(signal.SIGTERM, old)
+
+
 def _can_run_live() -> str | None:
     if os.geteuid() != 0:
         return "needs root (cgroups)"
