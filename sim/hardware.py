@@ -20,12 +20,20 @@ class CPU:
 
     An entity is any hashable object (a process or a kernel thread of a model).
     A core that changes entity pays `switch_cost` seconds (a kernel context switch).
+
+    With `quota` < 1 the cores are under a CFS bandwidth limit (cpu.cfs_quota_us):
+    in each `period` the bursts may use `quota x period x cores` seconds of CPU, at
+    full speed; a burst that finds the period's share spent waits for the next
+    period, one that spends it midway is cut there and goes on in the next. The
+    share is booked when a burst starts (exact on one core, where bursts follow
+    each other). `busy` stays CPU time; the wall time is what grows.
     """
 
     __slots__ = ("env", "cores", "switch_cost", "free", "last", "queue", "busy", "switches", "core_busy",
-                 "_done", "_finish_core")
+                 "_done", "_finish_core", "share", "period", "period_no", "left", "throttles", "cut")
 
-    def __init__(self, env: simpy.Environment, cores: int, switch_cost: float):
+    def __init__(self, env: simpy.Environment, cores: int, switch_cost: float, quota: float = 1.0,
+                 period: float = 0.1):
         self.env = env
         self.cores = cores
         self.switch_cost = switch_cost
@@ -37,6 +45,36 @@ class CPU:
         self.core_busy = [0.0] * cores  # busy seconds of each core (the bottleneck report)
         self._done = [None] * cores     # the event to fire when the core's burst ends, if queued
         self._finish_core = [self._finisher(core) for core in range(cores)]
+        self.share = quota * period * cores if quota < 1.0 else 0.0   # 0: no limit
+        self.period = period
+        self.period_no = -1
+        self.left = 0.0
+        self.throttles = 0
+        self.cut = -1.0                 # CPU seconds into the last burst booked where the quota ran out
+
+    def wall(self, now: float, seconds: float) -> float:
+        """Wall seconds from `now` until `seconds` of CPU have been had under the quota."""
+        period, share = self.period, self.share
+        k = int(now / period)
+        if k > self.period_no:
+            self.period_no, self.left = k, share
+        t = now
+        self.cut = -1.0
+        while True:
+            use = seconds if seconds < self.left else self.left
+            self.left -= use
+            seconds -= use
+            t += use
+            if seconds <= 0.0:
+                return t - now
+            self.throttles += 1
+            if self.cut < 0.0:
+                self.cut = t - now
+            self.period_no += 1
+            self.left = share
+            start = self.period_no * period
+            if start > t:
+                t = start
 
     def _finisher(self, core):
         return lambda _ev: self._finish(core)
@@ -50,6 +88,7 @@ class CPU:
         return done
 
     def _start(self, core, entity, seconds, done):
+        asked = seconds
         if self.last[core] is not entity:
             self.last[core] = entity
             seconds += self.switch_cost
@@ -57,7 +96,12 @@ class CPU:
         self.busy += seconds
         self.core_busy[core] += seconds
         self._done[core] = done
-        t = Timeout(self.env, seconds)
+        if self.share:
+            t = Timeout(self.env, self.wall(self.env.now, seconds))
+            if self.cut >= 0.0:    # tell the model where its burst was cut (from the start it asked for)
+                (done if done is not None else t).cut = self.cut - (seconds - asked)
+        else:
+            t = Timeout(self.env, seconds)
         t.callbacks.append(self._finish_core[core])
         return t
 

@@ -74,7 +74,7 @@ class Server:
         self.profile = profile
         self.costs = Costs(profile, ops)
         self.sizes = fileset.sizes.tolist()   # plain ints: indexing a list is cheaper than an array
-        self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed)
+        self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed, hw.cpu_quota, hw.cpu_period_ms / 1e3)
         self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
         self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024)
         self.cache = PageCache(env, self.disk, (hw.memory_mb - hw.kernel_mb) * 2**20)

@@ -41,7 +41,7 @@ def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
         service = windows * hw.disk_seek_ms / 1e3 + fs.sizes / (hw.disk_mb_s * 1e6)
         disk_s = float(miss_p @ service)
     return [
-        Demand("cpu", cpu_s, cpu_servers),
+        Demand("cpu", cpu_s / hw.cpu_quota, cpu_servers),   # under a CFS quota a core gives that share
         Demand("nic", mean_bytes / (hw.nic_gbps * 1e9 / 8), hw.nics),
         Demand("disk", disk_s, hw.disks),
     ]

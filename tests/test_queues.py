@@ -119,3 +119,34 @@ def test_fluid_nic_is_processor_sharing(tmp_path):
     expect = analytic.fluid_link(lam, SERVICE_BYTES, rate_bytes).mean_response
     assert abs(mean - expect) <= half, (mean, expect, half)
     assert abs(analytic.md1(lam, SERVICE_BYTES / rate_bytes).mean_response - expect) > 3 * half
+
+
+def test_cpu_quota_throttles_bursts_to_the_period_share():
+    """CFS bandwidth: 50 % of one core in 100 ms periods; full speed while the share lasts."""
+    import simpy
+
+    from sim.hardware import CPU
+
+    env = simpy.Environment()
+    cpu = CPU(env, 1, 0.0, quota=0.5, period=0.1)
+    ends = []
+
+    def burst(seconds):
+        yield cpu.run("p", seconds)
+        ends.append(round(env.now, 12))
+
+    def job():
+        yield env.process(burst(0.08))   # 0.05 in period 0, the rest after 0.1
+        yield env.process(burst(0.01))   # period 1 has 0.02 left
+        yield env.process(burst(0.03))   # 0.01 of it now, 0.02 in period 2
+    env.process(job())
+    env.run()
+    assert ends == [0.13, 0.14, 0.22]
+    assert cpu.throttles == 2 and abs(cpu.busy - 0.12) < 1e-12
+    # no quota: the same bursts back to back
+    env = simpy.Environment()
+    cpu = CPU(env, 1, 0.0)
+    ends.clear()
+    env.process(job())
+    env.run()
+    assert ends == [0.08, 0.09, 0.12]
