@@ -15,6 +15,7 @@ on its own replications.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -71,6 +72,20 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
     outstanding = {u: 0 for u in units}
     results: dict[tuple, SweepPointResult] = {}
 
+    bounds_of: dict[tuple[int, int], tuple[dict[str, float], int]] = {}
+
+    def bounds(pi, si):
+        if (pi, si) not in bounds_of:
+            bounds_of[pi, si] = _bounds(scenarios[pi], scenarios[pi].servers[si])
+        return bounds_of[pi, si]
+
+    def cost(u):
+        """Roughly the work of one run: replies simulated (the offered rate, or the twin's bound when
+        it is lower), plus the sessions under way set up at the start (about in proportion to the rate)."""
+        run = scenarios[u[0]].run
+        served = min([u[2]] + [1.2 * r for r in bounds(u[0], u[1])[0].values() if r > 0 and math.isfinite(r)])
+        return served * (run.warmup_s + run.duration_s) + 0.4 * u[2]
+
     def key(u, r):
         s = scenarios[u[0]]
         return replication_key(s, s.servers[u[1]], u[2], r)
@@ -88,7 +103,7 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
         summary = summarize(samples(got))
         metrics = {k: v for k, v in summary.items() if not is_detail(k)}
         detail = {k: v for k, v in summary.items() if is_detail(k)}
-        b, usable = _bounds(s, spec)
+        b, usable = bounds(pi, si)
         res = SweepPointResult(label=spec.label, architecture=spec.architecture, offered_rps=rate, metrics=metrics,
                                bounds=b, replications=len(got), params=dict(points[pi].params), detail=detail,
                                usable_cores=usable)
@@ -135,9 +150,9 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
                 else:
                     reps[u][r] = m
                     progress.run_done(u, cached=True)
-        # longest runs first (more requests to simulate), so that no core idles at the end
-        cost = {u: u[2] * (scenarios[u[0]].run.warmup_s + scenarios[u[0]].run.duration_s) for u in units}
-        first.sort(key=lambda ur: -cost[ur[0]])
+        # longest runs first, so that no worker idles at the end
+        costs = {u: cost(u) for u in units if outstanding[u]}
+        first.sort(key=lambda ur: -costs[ur[0]])
         for u, r in first:
             executor.submit(Task(u[0], u[1], u[2], r))
             progress.submitted(u)
