@@ -77,12 +77,19 @@ def response_ci(sc, q=0.99):
     return means.mean(), half
 
 
+def check(name, mean, expect, half):
+    """The simulated mean within its 99% CI of the analytic one (printed with -s)."""
+    print(f"{name}: {mean * 1e3:.4f} ± {half * 1e3:.4f} ms against {expect * 1e3:.4f} ms "
+          f"({100 * (mean - expect) / expect:+.2f} %)")
+    assert abs(mean - expect) <= half, (mean, expect, half)
+
+
 def test_sped_one_file_is_md1(tmp_path):
     lam, s = 600.0, SERVICE_BYTES * US_PER_BYTE / 1e6
     sc = scenario(tmp_path, 'architecture = "sped"', f"files = 1\nmean_bytes = {SERVICE_BYTES}", lam)
     mean, half = response_ci(sc)
     expect = analytic.md1(lam, s).mean_response
-    assert abs(mean - expect) <= half, (mean, expect, half)
+    check("SPED one file vs M/D/1", mean, expect, half)
     # and M/D/1 is told apart from M/M/1 at this load
     assert abs(analytic.mm1(lam, 1 / s).mean_response - expect) > 3 * half
 
@@ -94,7 +101,7 @@ def test_sped_exponential_sizes_is_mm1(tmp_path):
     s = sc.workload.fileset.sizes.mean() * US_PER_BYTE / 1e6
     mean, half = response_ci(sc)
     expect = analytic.mm1(lam, 1 / s).mean_response
-    assert abs(mean - expect) <= half, (mean, expect, half)
+    check("SPED exponential sizes vs M/M/1", mean, expect, half)
 
 
 def test_symped_on_c_cores_is_mmc(tmp_path):
@@ -105,7 +112,7 @@ def test_symped_on_c_cores_is_mmc(tmp_path):
     s = sc.workload.fileset.sizes.mean() * US_PER_BYTE / 1e6
     mean, half = response_ci(sc)
     expect = analytic.mmc(lam, 1 / s, c).mean_response
-    assert abs(mean - expect) <= half, (mean, expect, half)
+    check("SYMPED on c cores vs M/M/c", mean, expect, half)
     # and M/M/c is told apart from one server twice as fast
     assert abs(analytic.mm1(lam, 2 / s).mean_response - expect) > half
 
@@ -117,7 +124,7 @@ def test_fluid_nic_is_processor_sharing(tmp_path):
                   hardware="nic_gbps = 0.1", sendfile_us_per_byte=0)
     mean, half = response_ci(sc)
     expect = analytic.fluid_link(lam, SERVICE_BYTES, rate_bytes).mean_response
-    assert abs(mean - expect) <= half, (mean, expect, half)
+    check("fluid NIC vs processor sharing", mean, expect, half)
     assert abs(analytic.md1(lam, SERVICE_BYTES / rate_bytes).mean_response - expect) > 3 * half
 
 
