@@ -182,13 +182,7 @@ def parse_head(head: bytes) -> Request:
                 for line in lines:      # each `token:value\r?`, as _FAST_HEAD checked
                     name, _, value = line.partition(b":")
                     value = value.strip(b" \t\r")
-                    name = name.lower()
-                    if name in headers:
-                        if name in (b"host", b"content-length"):
-                            raise HttpError(400, f"repeated {name.decode()} field", close=True)
-                        headers[name] = headers[name] + b", " + value
-                    else:
-                        headers[name] = value
+                    _add_field(headers, name.lower(), value)
                 return _finish(method, target, _V11 if minor == b"1" else _V10, headers)
     return _parse_head_general(head)
 
@@ -230,14 +224,18 @@ def _parse_head_general(head: bytes) -> Request:
         value = value.strip(b" \t")
         if _CTL.search(value):
             raise HttpError(400, "control byte in header value", close=True)
-        name = name.lower()
-        if name in headers:
-            if name in (b"host", b"content-length"):
-                raise HttpError(400, f"repeated {name.decode()} field", close=True)
-            headers[name] = headers[name] + b", " + value
-        else:
-            headers[name] = value
+        _add_field(headers, name.lower(), value)
     return _finish(method, target, ver, headers)
+
+
+def _add_field(headers: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """A repeated field joins the first with a comma, except those that must be single."""
+    if name in headers:
+        if name in (b"host", b"content-length"):
+            raise HttpError(400, f"repeated {name.decode()} field", close=True)
+        headers[name] = headers[name] + b", " + value
+    else:
+        headers[name] = value
 
 
 def _finish(method: bytes, target: bytes, ver: tuple[int, int], headers: dict[bytes, bytes]) -> Request:
