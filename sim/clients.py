@@ -13,17 +13,15 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import deque
+from operator import itemgetter
 
 import numpy as np
 
 from .workload import Workload
 
 REAP_INTERVAL_S = 0.1
+_DEADLINE_ORDER = itemgetter(0, 1, 2)
 FILE_BATCH = 1 << 14
-
-
-def _deadline_order(entry):
-    return entry[0], entry[1], entry[2]
 
 
 class Connection:
@@ -73,10 +71,6 @@ class Clients:
         self.late_deadlines: list = []
         self.next_id = 0
         # measurement (inside the window only); the instants let the run loop cut the window into batches
-        self.replies = 0
-        self.bytes = 0.0
-        self.timeouts = 0
-        self.connect_failures = 0
         self.sessions_done = 0
         self.response = array("d")
         self.reply_at = array("d")       # when each reply of `response` completed
@@ -88,6 +82,19 @@ class Clients:
         self.resets_during_send = 0
         env.process(self._arrivals())
         env.process(self._reaper())
+
+    @property
+    def replies(self) -> int:
+        """Replies completed inside the window."""
+        return len(self.response)
+
+    @property
+    def timeouts(self) -> int:
+        return len(self.timeout_at)
+
+    @property
+    def connect_failures(self) -> int:
+        return len(self.refused_at)
 
     def prefill(self, horizon_s: float = 40.0) -> int:
         """Sessions already under way at time 0, as if the clients had run for ever at light load.
@@ -182,7 +189,6 @@ class Clients:
         if now + rto - conn.born > self.w.timeout_s:
             gave_up = now + (self.w.timeout_s - (now - conn.born))
             if self.t0 <= gave_up < self.t1:
-                self.connect_failures += 1
                 self.refused_at.append(gave_up)
             return
         self.env.call_later(rto, self._retry, conn)
@@ -217,8 +223,6 @@ class Clients:
         """The last byte of the reply reached the client."""
         now = self.env.now
         if self.t0 <= now < self.t1:
-            self.replies += 1
-            self.bytes += conn.size
             self.response.append(now - conn.sent_at)
             self.reply_at.append(now)
             self.reply_bytes.append(conn.size)
@@ -252,11 +256,10 @@ class Clients:
                 due.append(dl.popleft())
             while late and late[0][0] <= now:
                 due.append(heapq.heappop(late))
-            due.sort(key=_deadline_order)
+            due.sort(key=_DEADLINE_ORDER)   # as a heap of the tuples would pop them
             for deadline, _cid, reqno, conn in due:
                 if conn.reqno == reqno and conn.file >= 0 and not conn.closed:
                     if timeout_window[0] <= deadline < timeout_window[1]:
-                        self.timeouts += 1
                         self.timeout_at.append(deadline)
                     self._close(conn)
             if self.t0 <= now < self.t1:

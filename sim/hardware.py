@@ -206,9 +206,8 @@ class Link:
             self.timer = self.env.call_later(due - now, self._wake)
 
     def _wake(self, ev):
+        """The pending wake-up (a superseded one fires as a no-op): the flows due now leave."""
         now = self.env.now
-        if self.timer_at is None or now < self.timer_at:
-            return
         self.timer_at = None
         self.timer = None
         if not self.n:
