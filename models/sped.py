@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sim.config import knob
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "select",
-              "epoll_wait", "epoll_ctl", "close", "ctx_switch", "net_tx", "net_conn")
+              "epoll_wait", "epoll_ctl", "close", "ctx_switch", "net_tx", "net_conn", "wakeup")
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,12 @@ def event_loop(server, proc, knobs):
     per_byte = c.sendfile_u + c.net_tx_u
     reply_sent, run = server.reply_sent, server.cpu.run
     while True:
+        cpu = 0.0
         if not proc.ready and not server.can_accept(proc):
             yield proc.wait()                      # poll blocks: nothing is ready
+            cpu = c.wakeup                         # a pass that finds work at once pays no wake-up
         ready, proc.ready = proc.ready, []
-        cpu = event_cost(c, mechanism, proc.nconns + 1, len(ready) + 1)
+        cpu += event_cost(c, mechanism, proc.nconns + 1, len(ready) + 1)
         if server.can_accept(proc):                # the listen socket is readable
             before = proc.nconns
             cpu += c.accept * server.accept(proc, limit)

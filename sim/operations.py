@@ -26,6 +26,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "epoll_ctl": ("call", "add, change or remove one descriptor in an epoll set"),
     "close": ("call", "close a connection"),
     "ctx_switch": ("call", "kernel context switch between processes or kernel threads"),
+    "wakeup": ("call", "a process or thread woken after it slept in poll or a blocking call (scheduler, cold caches)"),
     "ult_switch": ("call", "user-level thread switch (Capriccio, gevent)"),
     "handoff": ("call", "hand a request or descriptor from one thread or stage to another"),
     "net_tx": ("byte", "kernel network stack and driver work per byte transmitted (softirq time)"),
@@ -34,6 +35,9 @@ OPERATIONS: dict[str, tuple[str, str]] = {
 }
 
 OPERATION_NAMES: tuple[str, ...] = tuple(OPERATIONS)
+
+# Operations a profile may leave out (cost 0): added after profiles were written with the others.
+OPTIONAL_OPERATIONS = frozenset({"wakeup"})
 
 # The event-notification calls, by the name a scenario uses for the mechanism.
 EVENT_MECHANISMS = ("poll", "select", "epoll")

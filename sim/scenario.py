@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .config import Footprint, Hardware, RunControl, Scenario, ServerSpec
 from .fileset import FileSet, SyntheticFileSet
+from .operations import OPTIONAL_OPERATIONS
 from .workload import Workload
 
 SECTIONS = ("scenario", "hardware", "footprint", "workload", "run", "sweep", "server")
@@ -568,7 +569,7 @@ def _check_costs(ck: Checker, profile, servers) -> None:
 
     for i, spec in enumerate(servers):
         needed = getattr(models.module_of(spec.architecture), "OPERATIONS", ())
-        missing = [op for op in needed if op not in profile.costs]
+        missing = [op for op in needed if op not in profile.costs and op not in OPTIONAL_OPERATIONS]
         if missing:
             ck.fail(f"server[{i}].architecture", f"{spec.architecture} charges {', '.join(missing)}, which profile "
                     f"{profile.name!r} ({profile.source}) has no cost for",

@@ -12,6 +12,7 @@ from collections import deque
 import simpy
 
 from .config import Hardware, Profile
+from .operations import OPTIONAL_OPERATIONS, Cost
 from .hardware import CPU, Disk, Link, PageCache
 
 
@@ -20,7 +21,7 @@ class Costs:
 
     def __init__(self, profile: Profile, needed: tuple[str, ...]):
         for op in needed:
-            c = profile.cost(op)
+            c = profile.costs.get(op, Cost()) if op in OPTIONAL_OPERATIONS else profile.cost(op)
             setattr(self, op, c.fixed)
             setattr(self, op + "_u", c.per_unit)
 

@@ -342,3 +342,36 @@ helpers = 8
     assert a.model.offloaded > 0
     assert a.model.main.blocked_s == 0 and sum(h.blocked_s for h in a.model.helpers) > 0
     assert rps_amped > 1.5 * rps_sped, (rps_amped, rps_sped)
+
+
+def test_sped_pays_a_wakeup_only_for_passes_after_poll_slept(tmp_path):
+    """A pass that follows a poll which slept pays `wakeup` (the scheduler and cold caches); a pass
+    that finds work at once pays none. At light load nearly every request wakes the loop, so the
+    CPU per reply grows by about the wake-up; in overload the loop never sleeps, so the peak stays."""
+    servers = '\n[[server]]\nlabel = "sped"\narchitecture = "symped"\nprocesses = 1\n'
+    wake = 100e-6
+
+    def cpu_per_reply(rate, wakeup):
+        sc = scenario(tmp_path, servers, rate=rate, directories=5, duration=2.0)
+        costs = dict(sc.profile.costs)
+        if wakeup:
+            costs["wakeup"] = Cost(wakeup)
+        sc = dataclasses.replace(sc, profile=dataclasses.replace(sc.profile, costs=costs))
+        env, server, clients, _ = build(sc, sc.servers[0], rate, 0)
+        env.run(until=sc.run.warmup_s)
+        busy = server.cpu.busy
+        env.run(until=sc.run.warmup_s + sc.run.duration_s)
+        return (server.cpu.busy - busy) / clients.replies, clients.replies / sc.run.duration_s
+
+    light0, _ = cpu_per_reply(300, 0.0)
+    light1, _ = cpu_per_reply(300, wake)
+    # about one wake-up per reply: a few more for the accepts and the closes, a few fewer when
+    # two requests arrive in one sleep
+    assert 0.8 * wake < light1 - light0 <= 1.2 * wake, (light0, light1)
+    # busier, most passes find a descriptor ready as they start (a pass per reply would pay 1 x)
+    busy0, _ = cpu_per_reply(3000, 0.0)
+    busy1, _ = cpu_per_reply(3000, wake)
+    assert 0 < busy1 - busy0 < 0.5 * wake, (busy0, busy1)
+    _, peak0 = cpu_per_reply(20000, 0.0)
+    _, peak1 = cpu_per_reply(20000, wake)
+    assert peak1 > 0.97 * peak0, (peak0, peak1)
