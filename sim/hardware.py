@@ -335,3 +335,8 @@ class PageCache:
                 self.used += b
         for f, b in reversed(chosen):
             lru[f] = b
+
+
+def page_cache(env, disk: Disk, hw) -> PageCache:
+    """The page cache of machine `hw`: its memory less the kernel's."""
+    return PageCache(env, disk, (hw.memory_mb - hw.kernel_mb) * 2**20)

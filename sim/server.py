@@ -13,7 +13,7 @@ import simpy
 
 from .config import Hardware, Profile
 from .operations import OPTIONAL_OPERATIONS, Cost
-from .hardware import CPU, Disk, Link, PageCache
+from .hardware import CPU, Disk, Link, page_cache
 
 
 class Costs:
@@ -78,7 +78,7 @@ class Server:
         self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed, hw.cpu_quota, hw.cpu_period_ms / 1e3)
         self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
         self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024)
-        self.cache = PageCache(env, self.disk, (hw.memory_mb - hw.kernel_mb) * 2**20)
+        self.cache = page_cache(env, self.disk, hw)
         self.sndbuf = hw.sndbuf_kb * 1024
         self.backlog: deque = deque()
         self.listeners: list[Entity] = []
