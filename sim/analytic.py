@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from scipy.optimize import brentq
+from scipy.optimize import root as root_solve
 
 
 @dataclass
@@ -252,3 +253,160 @@ def che_lru_hit_ratio(probabilities: Sequence[float], sizes: Sequence[float], ca
     h = -np.expm1(-p * t)
     ps = p * s
     return CacheHit(float(np.dot(p, h)), float(np.dot(ps, h) / ps.sum()), t)
+
+
+def two_list_ratio(capacity_bytes: float) -> int:
+    """Active bytes allowed per inactive byte (`inactive_is_low`, mm/vmscan.c): sqrt(10 x GB), 1 below 1 GB."""
+    gb = int(capacity_bytes) >> 30
+    return math.isqrt(10 * gb) if gb else 1
+
+
+@dataclass
+class TwoListHit:
+    """The stationary state of the two-list page cache under the independent reference model.
+
+    `resident` and `active` are each object's probability of being cached and of being on
+    the active list; `miss` its share of all requests that miss. Times are in requests.
+    """
+
+    hit_ratio: float
+    byte_hit_ratio: float
+    t_inactive: float
+    t_active: float
+    t_refault: float
+    resident: np.ndarray
+    active: np.ndarray
+    miss: np.ndarray
+
+
+def _two_list_state(p, t_i, t_a, t_r):
+    """Per object: time out, inactive and active, and evictions plus activations, per cycle.
+
+    A cycle starts when the object is evicted. Its next request reads it in: onto the active
+    list if it refaults within t_r of the eviction, else onto the inactive list, referenced.
+    Inactive and referenced, one more request within t_i promotes it (unreferenced, two); each
+    stay on the active list lasts t_a and leaves it referenced if it was requested meanwhile.
+    All four are scaled by the chance that a stay on the active list ends the cycle, so that
+    they stay finite for objects that are never evicted.
+    """
+    q, a = p * t_i, p * t_a
+    eq = np.exp(-q)
+    p1 = -np.expm1(-q)                   # promoted from inactive, referenced
+    r0 = np.exp(-a)                      # unreferenced when demoted
+    f = -np.expm1(-p * t_r)              # read in again as a refault
+    end = eq * (1.0 + r0 * q)            # a stay on the active list is followed by eviction
+    enter = f + (1.0 - f) * p1           # a cycle reaches the active list
+    t_out = end / p
+    t_in = (((1.0 - f) * end + enter * (1.0 - r0)) * p1 + enter * r0 * (2.0 - eq * (2.0 + q))) / p
+    t_act = enter * t_a
+    return t_out, t_in, t_act, end + enter
+
+
+def two_list_hit_ratio(probabilities: Sequence[float], sizes: Sequence[float], capacity_bytes: float,
+                       refault: bool = True) -> TwoListHit:
+    """Hit ratios of the two-list page cache (sim/hardware.py TwoListCache), a Che-style approximation.
+
+    The inactive list is a FIFO each object leaves t_i after entering (if not promoted); the
+    active list one it leaves t_a after promotion; the active list holds ratio/(ratio+1) of the
+    capacity (`two_list_ratio`). A refault window t_r makes the shadows' test: an object read
+    in again within t_r of its eviction, when the non-resident age has grown by less than the
+    active list's bytes, goes straight to the active list. t_i, t_a and t_r solve the three
+    balance equations (bytes on each list, and t_r x the rate bytes are evicted or activated =
+    active bytes). Exact only in the limit of many objects, as Che's is.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    s = np.asarray(sizes, dtype=float)
+    if p.ndim != 1 or s.shape != p.shape or p.size == 0:
+        raise ValueError("two_list_hit_ratio: probabilities and sizes must be flat, of the same length, not empty")
+    if not (np.all(np.isfinite(p)) and np.all(p >= 0)) or p.sum() <= 0:
+        raise ValueError("two_list_hit_ratio: probabilities must be finite, >= 0 and not all zero")
+    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+        raise ValueError("two_list_hit_ratio: sizes must be finite and > 0")
+    capacity = float(capacity_bytes)
+    if math.isnan(capacity) or capacity < 0:
+        raise ValueError(f"two_list_hit_ratio: capacity must be >= 0 bytes, got {capacity_bytes!r}")
+    p = p / p.sum()
+    live = p > 0
+    n = p.size
+    if s[live].sum() <= capacity or capacity == 0:
+        full = capacity > 0
+        res = np.where(live, 1.0, 0.0) if full else np.zeros(n)
+        return TwoListHit(float(full), float(full), math.inf if full else 0.0, math.inf if full else 0.0, 0.0,
+                          res, np.zeros(n), np.zeros(n) if full else p)
+    pl, sl = p[live], s[live]
+    ratio = two_list_ratio(capacity)
+    c_act = capacity * ratio / (ratio + 1.0)
+
+    def occupancy(t_i, t_a, t_r):
+        t_out, t_in, t_act, moves = _two_list_state(pl, t_i, t_a, t_r)
+        cycle = t_out + t_in + t_act
+        return float(sl @ (t_in / cycle)), float(sl @ (t_act / cycle)), float(sl @ (moves / cycle))
+
+    lo, hi = math.log(1e-6 / pl.max()), math.log(1.0 / pl.min()) + 10.0
+    last = {}
+
+    def root(excess, key, xtol):
+        """The log-time where excess (increasing) crosses 0, bracketed near the last one found."""
+        x = last.get(key)
+        if x is None:
+            a, b = lo, hi
+        else:
+            a, b = x - 0.05, x + 0.05
+            while a > lo and excess(a) > 0:
+                a -= 4 * (x - a)
+            while b < hi and excess(b) < 0:
+                b += 4 * (b - x)
+            a, b = max(a, lo), min(b, hi)
+        if excess(a) > 0:
+            return a
+        if excess(b) < 0:
+            return b
+        last[key] = x = brentq(excess, a, b, xtol=xtol, rtol=1e-12)
+        return x
+
+    def t_inactive(t_a, t_r):
+        """t_i that fills the whole capacity for the given t_a and t_r."""
+        return math.exp(root(lambda x: sum(occupancy(math.exp(x), t_a, t_r)[:2]) - capacity, "i", 1e-9))
+
+    def t_active(t_r):
+        """t_a at which the active list holds its share, t_i filling the rest; all it would
+        ever promote may fit, and then nothing is demoted (t_a at its upper end)."""
+        def excess(y):
+            t_a = math.exp(y)
+            return occupancy(t_inactive(t_a, t_r), t_a, t_r)[1] - c_act
+        return math.exp(root(excess, "a", 1e-7))
+
+    def balance(x):
+        t_i, t_a, t_r = np.exp(x)
+        inact, act, churn = occupancy(t_i, t_a, t_r)
+        return [(inact + act) / capacity - 1.0, act / c_act - 1.0, math.log(act / churn / t_r)]
+
+    def t_refault(t_r):
+        """The refault window the lists give when objects refault within t_r (less t_r)."""
+        t_a = t_active(t_r)
+        _, act, churn = occupancy(t_inactive(t_a, t_r), t_a, t_r)
+        return act / churn - t_r
+
+    t_r = 0.0
+    t_a = t_active(t_r)
+    t_i = t_inactive(t_a, t_r)
+    if refault:
+        # the three balances at once, from the state without refaults; the slow, sure way if that fails
+        start = occupancy(t_i, t_a, 0.0)
+        sol = root_solve(balance, np.log([t_i, t_a, start[1] / start[2]]), method="hybr")
+        if sol.success and np.max(np.abs(balance(sol.x))) < 1e-6:
+            t_i, t_a, t_r = (float(v) for v in np.exp(sol.x))
+        else:
+            hi = start[1] / start[2]     # the window only narrows as refaults grow the churn
+            t_r = brentq(t_refault, 0.0, hi, xtol=1e-4 * hi, rtol=1e-4) if t_refault(hi) < 0 else hi
+            t_a = t_active(t_r)
+            t_i = t_inactive(t_a, t_r)
+    t_out, t_in, t_act, _ = _two_list_state(pl, t_i, t_a, t_r)
+    cycle = t_out + t_in + t_act
+    res = np.zeros(n)
+    act = np.zeros(n)
+    res[live] = (t_in + t_act) / cycle
+    act[live] = t_act / cycle
+    miss = p * (1.0 - res)
+    ps = p * s
+    return TwoListHit(float(p @ res), float(ps @ res / ps.sum()), t_i, t_a, t_r, res, act, miss)

@@ -55,6 +55,9 @@ class Hardware:
                             min=0.001, max=1.0)
     cpu_period_ms: float = knob(100.0, "CFS period of `cpu_quota` in ms (the kernel's default is 100)",
                                 min=0.1, max=1000)
+    page_cache: str = knob("lru", "page cache policy: 'lru', one LRU over whole files, or 'two-list', Linux's "
+                           "inactive and active lists (a file touched twice is protected; sim/hardware.py)",
+                           choices=("lru", "two-list"))
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,18 @@ the warm-up and measures over the window that follows.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 import models
 
-from .analytic import che_lru_hit_ratio
+from .analytic import che_lru_hit_ratio, two_list_hit_ratio
 from .clients import Clients
 from .config import Scenario, ServerSpec
 from . import membus
+from .hardware import TwoListCache
 from .server import Server
 from .timer import Environment
 
@@ -26,17 +28,33 @@ def point_seed(seed: int, rep: int, rate: float) -> list[int]:
 
 
 def warm_page_cache(server: Server, fileset, rng: np.random.Generator) -> None:
-    """Start the page cache in an LRU's stationary state, as a long-running server has it.
+    """Start the page cache in its policy's stationary state, as a long-running server has it.
 
-    By Che's approximation file i is resident with probability 1 - exp(-p_i T), T
-    filling the cache on average: the most requested files, whatever their size. A
-    model that warmed the cache itself (one with its own file cache) keeps its files.
+    LRU: by Che's approximation file i is resident with probability 1 - exp(-p_i T), T
+    filling the cache on average: the most requested files, whatever their size. Two
+    lists: each file is resident, and active, with the probabilities of the two-list
+    approximation (sim/analytic.py). A model that warmed the cache itself (one with its
+    own file cache) keeps its files.
     """
     p, sizes = fileset.probabilities, fileset.sizes
-    T = che_lru_hit_ratio(p, sizes.astype(float), server.cache.capacity).char_time
+    cache = server.cache
+    if isinstance(cache, TwoListCache):
+        hit = _two_list_state(fileset, cache.capacity, cache.refault)
+        draw = rng.random((2, len(p)))
+        order = np.argsort(-hit.resident, kind="stable")
+        active = draw[1] * hit.resident < hit.active
+        cache.warm(order[(draw[0] < hit.resident)[order]], sizes, active)
+        return
+    T = che_lru_hit_ratio(p, sizes.astype(float), cache.capacity).char_time
     resident = -np.expm1(-p * T) if np.isfinite(T) else np.ones_like(p)
     order = np.argsort(-resident, kind="stable")
-    server.cache.warm(order[(rng.random(len(p)) < resident)[order]], sizes)
+    cache.warm(order[(rng.random(len(p)) < resident)[order]], sizes)
+
+
+@functools.lru_cache(maxsize=32)
+def _two_list_state(fileset, capacity: float, refault: bool):
+    """The two-list approximation, kept: every replication of a point starts from it."""
+    return two_list_hit_ratio(fileset.probabilities, fileset.sizes.astype(float), capacity, refault)
 
 
 def build(scenario: Scenario, spec: ServerSpec, rate: float, rep: int):

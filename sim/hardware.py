@@ -8,6 +8,7 @@ the run loop can difference it over the measurement window.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict, deque
 
 import simpy
@@ -337,6 +338,163 @@ class PageCache:
             lru[f] = b
 
 
+    def clear(self):
+        """Empty the cache (a model that warms it its own way starts from here)."""
+        self.lru.clear()
+        self.used = 0.0
+
+
+class TwoListCache(PageCache):
+    """Linux's page cache: an inactive and an active list over whole files (mm/swap.c, mm/vmscan.c).
+
+    A file read in enters the head of the inactive list, marked referenced by the
+    read itself; a touch while it is inactive and referenced promotes it to the
+    active list (a touch while unreferenced only marks it), so a file is protected
+    once it is touched twice before the inactive list's tail reaches it. Touches
+    reorder neither list. Reclaim evicts from the inactive tail; before it, while
+    the active list is more than `ratio` times the inactive one (`inactive_is_low`:
+    ratio sqrt(10 x GB) of the two lists, 1 below 1 GB), the active tail is demoted
+    to the inactive head, keeping its referenced mark, so a file still in use is
+    promoted again at its next touch. With `refault`, an evicted file leaves a
+    shadow holding the non-resident age (bytes evicted and activated so far); read
+    in again within the active list's size of that age, it enters the active list
+    at once (mm/workingset.c, Linux 3.15 on). `lru` maps each resident file to its
+    state: 0 inactive, 1 inactive referenced, 2 active, 3 active referenced.
+    """
+
+    __slots__ = ("inactive", "active", "active_bytes", "refault", "age", "shadows", "rereads",
+                 "promotions", "demotions", "refaults")
+
+    def __init__(self, env, disk: Disk, memory_bytes: float, refault: bool = True):
+        super().__init__(env, disk, memory_bytes)
+        self.lru: dict = {}
+        self.inactive: OrderedDict = OrderedDict()   # file -> bytes, head (newest) last
+        self.active: OrderedDict = OrderedDict()
+        self.active_bytes = 0.0
+        self.refault = refault
+        self.age = 0.0
+        self.shadows: dict = {}
+        self.rereads: set = set()    # files touched again while being read in
+        self.promotions = 0
+        self.demotions = 0
+        self.refaults = 0
+
+    def touch(self, file: int, nbytes: float):
+        """None on a hit; on a miss the event of the disk read that brings the file in."""
+        lru = self.lru
+        state = lru.get(file)
+        if state is not None:
+            self.hits += 1
+            if state == 1:
+                self._activate(file)
+            elif state != 3:
+                lru[file] = state + 1
+            return None
+        self.misses += 1
+        ev = self.inflight.get(file)
+        if ev is None:
+            ev = self.disk.read(file, nbytes)
+            self.inflight[file] = ev
+            ev.callbacks.append(lambda _e: self._insert(file, nbytes))
+        else:
+            self.rereads.add(file)
+        return ev
+
+    def _activate(self, file):
+        b = self.inactive.pop(file)
+        self.active[file] = b
+        self.active_bytes += b
+        self.lru[file] = 2
+        self.age += b
+        self.promotions += 1
+
+    def _insert(self, file, nbytes):
+        self.inflight.pop(file, None)
+        again = file in self.rereads
+        if again:
+            self.rereads.discard(file)
+        shadow = self.shadows.pop(file, None) if self.refault else None
+        if nbytes > self.capacity:
+            return
+        if again or (shadow is not None and self.age - shadow <= self.active_bytes):
+            self.active[file] = nbytes
+            self.active_bytes += nbytes
+            self.lru[file] = 2 if again else 3
+            self.age += nbytes
+            if not again:
+                self.refaults += 1
+        else:
+            self.inactive[file] = nbytes
+            self.lru[file] = 1
+        self.used += nbytes
+        self.shrink()
+
+    def ratio(self) -> int:
+        """Active bytes allowed per inactive byte: `inactive_is_low` in mm/vmscan.c."""
+        gb = int(self.used) >> 30
+        return math.isqrt(10 * gb) if gb else 1
+
+    def shrink(self):
+        cap = self.capacity
+        if self.used <= cap:
+            return
+        lru, inactive, active = self.lru, self.inactive, self.active
+        ratio = self.ratio()
+        while self.used > cap and lru:
+            while active and self.active_bytes > ratio * (self.used - self.active_bytes):
+                f, b = active.popitem(last=False)
+                self.active_bytes -= b
+                inactive[f] = b
+                lru[f] -= 2
+                self.demotions += 1
+            f, b = inactive.popitem(last=False)
+            del lru[f]
+            self.used -= b
+            if self.refault:
+                self.shadows[f] = self.age
+                self.age += b
+
+    def warm(self, files, sizes, active=None):
+        """Fill the cache as a long-running server would find it: `files` best first, the best
+        placed last in their list. `active` (a bool per file) says which go to the active list;
+        without it the best go there until it holds the share `inactive_is_low` allows."""
+        if not self.lru:
+            self.clear()
+        cap = self.capacity
+        chosen = []
+        for f in files:
+            f = int(f)
+            b = float(sizes[f])
+            if f not in self.lru and self.used + b <= cap:
+                chosen.append((f, b))
+                self.used += b
+                self.lru[f] = 1
+        ratio = self.ratio()
+        room = cap * ratio / (ratio + 1)
+        act, inact = [], []
+        for f, b in chosen:
+            if (active[f] if active is not None else self.active_bytes + b <= room):
+                act.append((f, b))
+                self.active_bytes += b
+                self.lru[f] = 3
+            else:
+                inact.append((f, b))
+        for f, b in reversed(act):
+            self.active[f] = b
+        for f, b in reversed(inact):
+            self.inactive[f] = b
+        self.shrink()
+
+    def clear(self):
+        self.lru.clear()
+        self.inactive.clear()
+        self.active.clear()
+        self.used = self.active_bytes = 0.0
+
+
+POLICIES = {"lru": PageCache, "two-list": TwoListCache}
+
+
 def page_cache(env, disk: Disk, hw) -> PageCache:
-    """The page cache of machine `hw`: its memory less the kernel's."""
-    return PageCache(env, disk, (hw.memory_mb - hw.kernel_mb) * 2**20)
+    """The page cache of machine `hw` under its policy: its memory less the kernel's."""
+    return POLICIES[hw.page_cache](env, disk, (hw.memory_mb - hw.kernel_mb) * 2**20)

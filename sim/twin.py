@@ -3,8 +3,9 @@
 The CPU demand is the architecture's own (each model says what one request
 costs, a lower bound that leaves out what depends on batching, such as a poll
 call's share); the NIC demand is the mean reply over the links' bandwidth; the
-disk demand is the LRU miss ratio (Che's approximation) times the mean service
-time of a missed file. The saturation rates are upper bounds on the reply rate.
+disk demand is the page cache's miss ratio (Che's approximation for the LRU, its
+two-list counterpart for Linux's lists) times the mean service time of a missed
+file. The saturation rates are upper bounds on the reply rate.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 import models
 
-from .analytic import Demand, che_lru_hit_ratio, saturation_rates
+from .analytic import Demand, che_lru_hit_ratio, saturation_rates, two_list_hit_ratio
 from .config import Scenario, ServerSpec
 
 
@@ -25,6 +26,17 @@ def reply_stats(scenario: Scenario) -> tuple[float, float]:
     return float(fs.probabilities @ sizes), float(fs.probabilities @ pieces)
 
 
+def miss_probabilities(fileset, cache_bytes: float, policy: str = "lru") -> np.ndarray | None:
+    """Each file's share of the requests that miss the page cache (None if nothing misses): Che's
+    approximation for the LRU, the two-list approximation (sim/analytic.py) for Linux's lists."""
+    p, sizes = fileset.probabilities, fileset.sizes.astype(float)
+    if policy == "two-list":
+        hit = two_list_hit_ratio(p, sizes, cache_bytes)
+        return hit.miss if hit.hit_ratio < 1 else None
+    hit = che_lru_hit_ratio(p, sizes, cache_bytes)
+    return p * np.exp(-p * hit.char_time) if hit.hit_ratio < 1 else None
+
+
 def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
     hw, wl, prof = scenario.hardware, scenario.workload, scenario.profile
     module = models.module_of(spec.architecture)
@@ -32,9 +44,7 @@ def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
     cpu_s, cpu_servers, footprint_kb = module.demand(prof, hw, wl, spec.knobs, mean_bytes, pieces)
     fs = wl.fileset
     cache_bytes = max(0.0, (hw.memory_mb - hw.kernel_mb) * 2**20 - footprint_kb * 1024)
-    hit = che_lru_hit_ratio(fs.probabilities, fs.sizes.astype(float), cache_bytes)
-    # service time of a miss, weighted by how often each file misses
-    miss_p = fs.probabilities * np.exp(-fs.probabilities * hit.char_time) if hit.hit_ratio < 1 else None
+    miss_p = miss_probabilities(fs, cache_bytes, hw.page_cache)
     disk_s = 0.0
     if miss_p is not None and miss_p.sum() > 0:
         windows = np.maximum(1, np.ceil(fs.sizes / (hw.disk_readahead_kb * 1024)))
