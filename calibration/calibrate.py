@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import signal
 import platform
@@ -48,7 +49,10 @@ FALLBACK_PROFILE = "study-xeon"
 EVENT_OPS = ("epoll_wait", "poll", "select")
 # the most a CPU sample may overstate its call by: a few cold clock_gettime system calls
 MAX_SAMPLE_OVERSTATEMENT_S = 5e-6
-MIN_UTILISATION = 0.6
+# the busy share below which runs are left out of the fit. 0: every run that kept up. Before the
+# wake-ups were counted, only runs at least 60 % busy were fitted, because at light load nearly
+# every request paid a wake-up that a constant per pass could not follow; the wake-up regressor now does.
+MIN_UTILISATION = 0.0
 
 
 class CalibrationError(Exception):
@@ -91,12 +95,17 @@ class Calibration:
 
 
 def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprint: Footprint, name: str,
-                  description: str, event_op: str, softirq: bool = False) -> tuple[Profile, dict]:
+                  description: str, event_op: str, softirq: bool = False,
+                  event_split: bool = False) -> tuple[Profile, dict]:
     """Costs from the fits, the unseen CPU spread over its operations, the rest measured or fallen back.
 
     Without `softirq`, the kernel's network work outside the process (net_tx, net_conn) is zero: it
     was not measured into the costs (on a shared core it cannot be told apart from other loads,
-    and a CPU quota does not charge it to the server)."""
+    and a CPU quota does not charge it to the server).
+
+    With `event_split`, the regression was fitted with the event calls' fixed part left out of the
+    traced CPU (fit.without_event_calls): their fixed cost is then the regression's per-pass CPU
+    alone, and the wake-up its own operation, so no CPU is charged twice."""
     fallback = load_profile(FALLBACK_PROFILE)
     # the samples give the split between operations, /proc the level (the regression's scale)
     scale = unseen.coef.get("traced") if unseen is not None else None
@@ -104,6 +113,8 @@ def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprin
     costs: dict[str, Cost] = {op: Cost(f.fixed * k, f.per_unit * k) for op, f in fits.items()}
     if not softirq:
         costs.update(net_tx=Cost(), net_conn=Cost())
+    if event_split and event_op in costs:
+        costs[event_op] = Cost(0.0, costs[event_op].per_unit)
     # the event mechanism actually traced stands for the others' call overhead
     for op in EVENT_OPS:
         if op not in costs and event_op in costs:
@@ -148,9 +159,14 @@ def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rat
     return r, capacity
 
 
-def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, seed, cgroup_procs, log):
+def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, seed, cgroup_procs, log,
+                   wakeup_s: float = 0.0):
     """Mean over the rates of `traced_runs` of (untraced CPU per reply) / (traced CPU per reply), from
-    /proc, with the same server and settings but no tracing; and the pairs it came from."""
+    /proc, with the same server and settings but no tracing; and the pairs it came from.
+
+    The wake-ups (`wakeup_s` each, counted in both runs) are taken off both sides first: tracing
+    adds to the calls, not to what the kernel spends waking a thread, and a slower traced server
+    batches more requests per wake-up."""
     srv = LiveServer(arch, root, list(server_args), cgroup_procs=cgroup_procs)
     pairs = []
     with srv:
@@ -158,14 +174,41 @@ def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, s
         for r in traced_runs:
             u = sweep(srv, workload, [r["offered_rps"]], duration_s, seed=seed + 2000, log=log)[0]
             if u["replies"] > 0 and r["replies"] > 0 and r["server_cpu_s"] > 0:
-                pairs.append((r["offered_rps"], 1e6 * r["server_cpu_s"] / r["replies"],
-                              1e6 * u["server_cpu_s"] / u["replies"]))
+                a = (r["server_cpu_s"] - wakeup_s * r.get("server_wakeups", 0)) / r["replies"]
+                b = (u["server_cpu_s"] - wakeup_s * u.get("server_wakeups", 0)) / u["replies"]
+                if a > 0 and b > 0:
+                    pairs.append((r["offered_rps"], 1e6 * a, 1e6 * b))
     if not pairs:
         return 1.0, pairs
     ratio = sum(b / a for _, a, b in pairs) / len(pairs)
-    log("  tracing overhead: CPU per reply traced / untraced " + ", ".join(
+    log("  tracing overhead: CPU per reply (wake-ups taken off) traced / untraced " + ", ".join(
         f"{a:.1f} / {b:.1f} us at {rate:g} req/s" for rate, a, b in pairs) + f": costs x{ratio:.3f}")
     return ratio, pairs
+
+
+def run_figures(runs, counts, fitted, cpu_fraction: float, residual: list) -> dict:
+    """Per run, the figures the regression saw (columns, one entry per run, in run order)."""
+    def per_reply(x, r):
+        return round(x / r["replies"], 4) if r["replies"] else 0.0
+    return {
+        "offered_rps": [float(r["offered_rps"]) for r in runs],
+        "reply_rps": [round(r["reply_rps"], 1) for r in runs],
+        "utilisation": [round(utilisation(r, cpu_fraction), 3) for r in runs],
+        "fitted": [i in fitted for i in range(len(runs))],
+        "replies": [int(r["replies"]) for r in runs],
+        "wakeups": [int(r.get("server_wakeups", 0)) for r in runs],
+        "passes": [int(c.loops) for c in counts],
+        "process_cpu_s": [round(c.process, 5) for c in counts],
+        "traced_cpu_s": [round(c.traced, 5) for c in counts],
+        "event_call_cpu_s": [round(c.event_traced, 5) for c in counts],
+        "event_units": [int(c.event_units) for c in counts],
+        "proc_cpu_per_reply_us": [per_reply(1e6 * r["server_cpu_s"], r) for r in runs],
+        "wakeups_per_reply": [per_reply(r.get("server_wakeups", 0), r) for r in runs],
+        "passes_per_reply": [per_reply(c.loops, r) for c, r in zip(counts, runs)],
+        "preemptions_per_reply": [per_reply(r.get("server_preemptions", 0), r) for r in runs],
+        "load_avg": [r["load_avg"] for r in runs],
+        "residual_s": [round(v, 5) for v in residual],
+    }
 
 
 def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float, *, seed: int = 0,
@@ -177,10 +220,10 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
 
     With rates None: a light probe run, then a rising sweep from the capacity the probe suggests
     (an underestimate), x`growth` each run, until the server no longer keeps up. The costs are
-    fitted on the runs that kept the server at least `min_util` busy: the costs at high load are
-    the ones that set the peak (at light load every request pays a wake-up from idle, which the
-    models do not separate), and on which it still kept up (in overload every call costs more:
-    see `busy` below)."""
+    fitted on the runs that kept the server at least `min_util` busy and on which it still kept up
+    (in overload every call costs more: see `busy` below). Light runs are fitted too: the CPU per
+    reply they add is mostly wake-ups, which the regression counts apart (the kernel's voluntary
+    context switches); the level is then taken again on the two busiest runs."""
     tracedir = tempfile.mkdtemp(prefix="calib-trace-")
     try:
         srv = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
@@ -211,27 +254,50 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     fits = fitting.fit_operations(traces)
     if "parse" not in fits:
         raise CalibrationError(f"the {arch} traces hold no parsed requests: did the load reach the server?")
-    counts = [run_counts(r, softirq) for r in runs]
-    # the process's own unseen CPU is interpreter work per request and per loop pass; per byte and per
-    # connection kernel work outside the process only when the core's softirq time is counted
-    regs = ("traced", "loops", "bytes", "connections") if softirq else ("traced", "loops")
-    unseen = fitting.fit_unseen(counts, regs, target="process")
+    event_op = next((op for op in EVENT_OPS if op in fits), "epoll_wait")
+    raw_counts = [run_counts(r, softirq) for r in runs]
+    # The process's CPU = traced CPU x scale + per wake-up + per loop pass. A sampled poll that slept
+    # holds the kernel's wake-up path in its CPU, so the event call's fixed part is taken out of the
+    # traced CPU and left to the regression: CPU per pass of the loop (the call that returns at once,
+    # the dispatch around it) and per wake-up (a voluntary context switch: the call slept). Per byte
+    # and per connection kernel work outside the process only when the core's softirq time is
+    # counted. The candidate whose leave-one-out error is lowest is taken; all are kept in the
+    # provenance, with the old fit (event calls in the traced CPU, a cost per pass) for comparison.
+    per_event = fits[event_op].per_unit if event_op in fits else 0.0
+    counts = fitting.without_event_calls(raw_counts, per_event)
+    base = ("traced", "bytes", "connections") if softirq else ("traced",)
+    candidates = {"wakeups+passes": base + ("wakeups", "loops"), "wakeups": base + ("wakeups",),
+                  "passes": base + ("loops",)}
+    if not any(c.wakeups for c in counts):
+        raise CalibrationError(f"no wake-ups counted for the {arch} server: is /proc/PID/task readable?")
+    chosen_name, fitted_models = fitting.choose_unseen(counts, candidates)
+    fitted_models["old: passes, event calls traced"] = fitting.choose_unseen(
+        raw_counts, {"old": base + ("loops",)})[1]["old"]
+    unseen = fitted_models[chosen_name]["fit"]
+    log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(
+        f"{n}{' (chosen)' if n == chosen_name else ''}: "
+        + ", ".join(f"{k} x{v:.3f}" if k == "traced" else f"{k} {v * 1e6:.1f} us" for k, v in m["fit"].coef.items())
+        + f", {100 * m['rms_rel']:.1f} / {100 * m['loo_rms_rel']:.1f}" for n, m in fitted_models.items()))
+    # the regression's own prediction error for every run, the runs left out of the fit too
+    all_raw = [run_counts(r, softirq) for r in all_runs]
+    all_counts = fitting.without_event_calls(all_raw, per_event)
+    residual = [c.process - sum(v * getattr(c, k) for k, v in unseen.coef.items()) for c in all_counts]
     # the samples overstate more as the load rises, so the level is taken again where it matters for
     # the peak: the two busiest runs that kept up, the other coefficients held
     top = sorted(range(len(runs)), key=lambda i: -utilisation(runs[i], cpu_fraction))[:2]
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
     unseen.coef["traced"] = fitting.refit_scale([counts[i] for i in top], unseen.coef)
     # tracing has a cost of its own (a record per call, CPU samples, flushes): the same rates run again
-    # untraced, and the CPU per reply of the untraced server over the traced one scales every cost, so
-    # the profile is that of the server as it runs when not measured
+    # untraced, and the CPU per reply of the untraced server over the traced one (wake-ups taken off
+    # both) scales every cost but the wake-up, so the profile is that of the server as it runs when
+    # not measured
     overhead = 1.0
     if untraced_check:
         overhead, pairs = untraced_ratio(arch, root, server_args, workload, [runs[i] for i in top[:untraced_runs]],
-                                         duration_s,
-                                         seed, cgroup_procs, log)
+                                         duration_s, seed, cgroup_procs, log,
+                                         wakeup_s=unseen.coef.get("wakeups", 0.0))
         unseen.coef = {k: (v * overhead if k in ("traced", "loops", "bytes", "connections") else v)
                        for k, v in unseen.coef.items()}
-    event_op = next((op for op in EVENT_OPS if op in fits), "epoll_wait")
     extras = {"ctx_switch": micro.ctx_switch_s(), "handoff": micro.handoff_s()}
     info = machine()
     hw_extra = micro.disk(disk_dir) if disk_dir else {}
@@ -244,7 +310,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
                           connection_kb=8.0)
     prof, how = build_profile(fits, unseen, extras, hardware, footprint, name,
                               f"live {arch} on {info['cpu_model']}, one core, loopback; calibrated {info['date']}",
-                              event_op, softirq)
+                              event_op, softirq, event_split=True)
     replies = sum(r["replies"] for r in runs)
     cpu = sum(r["server_cpu_s"] for r in runs)
     softirq_us = 1e6 * sum(r["core_softirq_s"] for r in runs) / replies if replies else 0.0
@@ -265,6 +331,18 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
         "fit_sampled_calls": {op: f.sampled for op, f in fits.items()},
         "unseen_rms_rel": round(unseen.rms_rel, 4), "unseen_zero": unseen.zero,
         "unseen_residual_s": [round(v, 4) for v in unseen.residuals],
+        "unseen_model": chosen_name,
+        "unseen_candidates": {n: {"coef_us": {k: round(v * 1e6, 3) if k != "traced" else round(v, 4)
+                                              for k, v in m["fit"].coef.items()},
+                                  "residual_rms_pct": round(100 * m["rms_rel"], 2),
+                                  "residual_s": [round(v, 5) for v in m["fit"].residuals],
+                                  **({"loo_rms_pct": round(100 * m["loo_rms_rel"], 2)}
+                                     if math.isfinite(m["loo_rms_rel"]) else {})}
+                              for n, m in fitted_models.items()},
+        "wakeup_us": round(1e6 * unseen.coef.get("wakeups", 0.0), 3),
+        "per_pass_us": round(1e6 * unseen.coef.get("loops", 0.0), 3),
+        "runs": run_figures(all_runs, all_raw, {i for i, r in enumerate(all_runs) if any(r is x for x in runs)},
+                            cpu_fraction, residual),
         "measured_us": {k: round(v * 1e6, 3) for k, v in extras.items()},
         "hardware_measured": {k: round(v, 4) for k, v in hw_extra.items()},
         "server_rss_kb": round(footprint_kb), "untraced_over_traced_cpu": round(overhead, 4), **how,
@@ -282,6 +360,23 @@ def format_fits(cal: Calibration) -> str:
     lines.append("process CPU regression: " + ", ".join(
         f"{k} x{v:.3f}" if k.startswith("traced") else f"{k} {v * 1e6:.4g} us" for k, v in u.coef.items())
         + f"; residual rms {100 * u.rms_rel:.1f}% of the mean over {u.runs} runs")
+    pv = cal.provenance or {}
+    for name, m in pv.get("unseen_candidates", {}).items():
+        lines.append(f"  {'chosen ' if name == pv.get('unseen_model') else 'other  '}{name:<15} "
+                     + ", ".join(f"{k} x{v:.3f}" if k == "traced" else f"{k} {v:.1f} us"
+                                 for k, v in m["coef_us"].items())
+                     + f"; residual rms {m['residual_rms_pct']:.1f} %, leave-one-out "
+                     + (f"{m['loo_rms_pct']:.1f} %" if "loo_rms_pct" in m else "n/a (too few runs)"))
+    runs = pv.get("runs")
+    if runs:
+        lines.append(f"{'offered/s':>9} {'reply/s':>8} {'busy':>5} {'CPU us/reply':>12} {'wake/reply':>10} "
+                     f"{'pass/reply':>10} {'preempt/reply':>13} {'fitted':>6} {'resid ms':>8} {'load':>5}")
+        for i in range(len(runs["offered_rps"])):
+            lines.append(f"{runs['offered_rps'][i]:>9.0f} {runs['reply_rps'][i]:>8.1f} {runs['utilisation'][i]:>5.2f} "
+                         f"{runs['proc_cpu_per_reply_us'][i]:>12.1f} {runs['wakeups_per_reply'][i]:>10.3f} "
+                         f"{runs['passes_per_reply'][i]:>10.3f} {runs['preemptions_per_reply'][i]:>13.3f} "
+                         f"{'yes' if runs['fitted'][i] else 'no':>6} {1e3 * runs['residual_s'][i]:>8.1f} "
+                         f"{runs['load_avg'][i]:>5.1f}")
     return "\n".join(lines)
 
 

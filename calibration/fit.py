@@ -10,11 +10,13 @@ Two steps, both least squares with non-negative coefficients (scipy):
    tracing's own cost per sampled call (meta cpu_bias) is taken off first.
 
 2. The CPU seen by /proc but not inside traced calls: the interpreter's work
-   between calls (event dispatch, bookkeeping) in the server process, and the
-   kernel's softirq work on the server's core. Per measured run it is
-   regressed on the run's counts (requests, loop iterations, bytes,
-   connections); each coefficient is added to the operation that stands for
-   it (parse, the event call, net_tx, net_conn). A per-call term, which may be
+   between calls (event dispatch, bookkeeping) in the server process, the
+   wake-ups of its threads from sleep (the kernel counts them as voluntary
+   context switches), and the kernel's softirq work on the server's core. Per
+   measured run it is regressed on the run's counts (requests, loop
+   iterations, wake-ups, bytes, connections); each coefficient is added to the
+   operation that stands for it (parse, the event call, wakeup, net_tx,
+   net_conn). A per-call term, which may be
    negative, corrects every traced operation alike: a CPU sample includes the
    sampling clock's own system call, dearer on a contended core than when its
    bias was measured at start, so the samples can overstate. Counts that move together
@@ -149,6 +151,7 @@ REGRESSORS = {
     "calls": ("*", "fixed"),             # per traced call: what the CPU samples over- or understate
     "requests": ("parse", "fixed"),      # the interpreter's work per request between traced calls
     "loops": ("event", "fixed"),         # per pass of the event loop (poll / select / epoll_wait)
+    "wakeups": ("wakeup", "fixed"),      # per voluntary context switch: a thread woken after it slept
     "bytes": ("net_tx", "per_unit"),     # kernel network work per byte sent
     "connections": ("net_conn", "fixed"),  # per connection set up and torn down
 }
@@ -167,6 +170,9 @@ class RunCounts:
     label: str = ""
     traced: float = 0.0        # CPU seconds inside traced calls (bias-corrected samples x counts)
     process: float = 0.0       # the process's CPU seconds (plus softirq, if asked)
+    wakeups: float = 0.0       # voluntary context switches of the server's threads (/proc/PID/task/*/status)
+    event_traced: float = 0.0  # of `traced`, the CPU inside the event calls (epoll_wait, poll, select)
+    event_units: float = 0.0   # their units (ready events, or watched descriptors)
 
 
 @dataclass
@@ -215,3 +221,40 @@ def refit_scale(runs: list[RunCounts], coef: dict[str, float]) -> float:
                                      if k in REGRESSORS and REGRESSORS[k][1] != "scale") for r in runs])
     denom = float(t @ t)
     return max(0.0, float(t @ rest) / denom) if denom > 0 else coef.get("traced", 1.0)
+
+
+def loo_rms(runs: list[RunCounts], regressors, target: str = "process", lower: dict[str, float] | None = None) -> float:
+    """Leave-one-out prediction error of `fit_unseen`: each run predicted by the fit on the others,
+    the RMS of the errors over the mean |target|. Unlike the residual, it grows when a regressor
+    only fits noise, so it tells whether a regressor earns its place (inf with fewer than 3 runs)."""
+    if len(runs) < max(3, len(regressors) + 1):
+        return math.inf
+    errs = []
+    for i in range(len(runs)):
+        rest = runs[:i] + runs[i + 1:]
+        u = fit_unseen(rest, regressors, lower, target)
+        errs.append(getattr(runs[i], target) - sum(u.coef[k] * getattr(runs[i], k) for k in regressors))
+    scale = float(np.mean([abs(getattr(r, target)) for r in runs]))
+    return float(np.sqrt(np.mean(np.square(errs)))) / scale if scale > 0 else 0.0
+
+
+def choose_unseen(runs: list[RunCounts], models: dict[str, tuple], target: str = "process") -> tuple[str, dict]:
+    """Fit each candidate set of regressors; pick the one whose leave-one-out error is lowest (ties,
+    and too few runs to tell: the first listed). Returns its name and every candidate's fit, with
+    its residual RMS and leave-one-out RMS (relative to the mean target)."""
+    out = {}
+    for name, regs in models.items():
+        u = fit_unseen(runs, regs, target=target)
+        out[name] = {"fit": u, "regressors": regs, "rms_rel": u.rms_rel, "loo_rms_rel": loo_rms(runs, regs, target)}
+    best = min(out, key=lambda n: (out[n]["loo_rms_rel"], list(models).index(n)))
+    return best, out
+
+
+def without_event_calls(runs: list[RunCounts], per_unit: float) -> list[RunCounts]:
+    """The runs with `traced` standing for the traced CPU outside the event calls, plus the event
+    calls' variable part at `per_unit` a unit: their fixed part is then left to the regression,
+    split between every pass (`loops`) and the passes whose call slept (`wakeups`). A CPU sample of
+    a poll that slept holds the kernel's wake-up path, so the per-call fit of the event call mixes
+    the two kinds of pass in proportions that change with the load."""
+    import dataclasses
+    return [dataclasses.replace(r, traced=r.traced - r.event_traced + per_unit * r.event_units) for r in runs]

@@ -65,6 +65,31 @@ def process_cpu(pid: int) -> float:
     return total
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of a process tree, summed over every thread.
+
+    A voluntary switch is a thread that blocked (epoll_wait or poll that slept, a blocking recv,
+    a lock) and so, once work comes, a wake-up: the kernel counts what the models call `wakeup`.
+    Involuntary ones are preemptions, among them the CFS quota's throttling."""
+    vol = invol = 0
+    for p in process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            invol += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return vol, invol
+
+
 def core_times(core: int) -> dict[str, float]:
     """Seconds per state of one core from /proc/stat (user, system, idle, iowait, irq, softirq, steal...)."""
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -253,11 +278,13 @@ def measure_run(pid: int, port: int, workload, rate: float, duration_s: float, *
     """One httperf run at `rate` with the server's CPU accounting (and trace difference if traced)."""
     before = wait_flush(trace_prefix) if trace_prefix else {}
     c0, k0, t0, la0 = process_cpu(pid), core_times(core), time.monotonic(), load_average()
+    s0 = context_switches(pid)
     r = run_httperf(host, port, workload, rate, duration_s, LOAD_CORE, seed=seed, httperf=httperf,
                     warmup_s=warmup_s, stop_after_s=duration_s + 0.5)
     wall_httperf = time.monotonic() - t0
     after = wait_flush(trace_prefix) if trace_prefix else {}
     c1, k1, t1, la1 = process_cpu(pid), core_times(core), time.monotonic(), load_average()
+    s1 = context_switches(pid)
     wall = max(t1 - t0, 1e-9)
     r["wall_s"] = wall
     r["httperf_wall_s"] = wall_httperf
@@ -265,6 +292,10 @@ def measure_run(pid: int, port: int, workload, rate: float, duration_s: float, *
     r["core_softirq_s"] = (k1["softirq"] - k0["softirq"]) + (k1["irq"] - k0["irq"])
     r["core_busy_s"] = sum(k1[k] - k0[k] for k in ("user", "nice", "system", "irq", "softirq", "steal"))
     r["server_cpu_pct"] = 100.0 * r["server_cpu_s"] / wall
+    # threads that ended during the run take their counts with them: a lower bound then, exact
+    # for the event loops and thread pools here, whose threads live as long as the server
+    r["server_wakeups"] = max(0, s1[0] - s0[0])
+    r["server_preemptions"] = max(0, s1[1] - s0[1])
     r["load_avg"] = round((la0 + la1) / 2, 2)
     if trace_prefix:
         r["trace"] = [trace_diff(a, before.get(p)) for p, a in after.items()]
@@ -286,7 +317,8 @@ def sweep(server: LiveServer, workload, rates, duration_s: float, *, seed: int =
         runs.append(r)
         log(f"  {server.arch:<9} offered {rate:>7.0f}/s  reply {r['reply_rps']:>7.1f}/s  "
             f"{r['throughput_mbps']:>7.1f} Mbps  resp {r['response_ms_mean']:>8.1f} ms  err {r['errors_pct']:5.2f}%  "
-            f"cpu {r['server_cpu_pct']:>4.0f}%  load {r['load_avg']:.1f}")
+            f"cpu {r['server_cpu_pct']:>4.0f}%  wake/reply {r['server_wakeups'] / max(1, r['replies']):.2f}  "
+            f"load {r['load_avg']:.1f}")
         settle(server.port, server.pid)
     return runs
 
@@ -332,7 +364,11 @@ def run_counts(run: dict, softirq: bool = False):
         conns += sum(s.count for s in tr.ops if s.op == "accept" and s.bucket > 0)
     calls = sum(s.count for tr in traces for s in tr.ops if s.op != "ult_switch")
     traced_cpu = sum(tr.traced_cpu() for tr in traces)
+    event_ops = ("poll", "select", "epoll_wait")
+    event_cpu = sum(tr.cost(s)[1] * s.count for tr in traces for s in tr.ops if s.op in event_ops)
     process = sum(tr.process_cpu() for tr in traces)
     extra = run["core_softirq_s"] if softirq else 0.0
     return RunCounts(float(calls), float(requests), float(loops), float(sent), float(conns),
-                     process - traced_cpu + extra, f"{run['offered_rps']:g}", traced_cpu, process + extra)
+                     process - traced_cpu + extra, f"{run['offered_rps']:g}", traced_cpu, process + extra,
+                     float(run.get("server_wakeups", 0)), event_cpu,
+                     float(sum(totals[o].units for o in event_ops if o in totals)))
