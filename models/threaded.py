@@ -25,6 +25,14 @@ section would have overlapped it sleeps until then, is handed the lock
 does not enter: it shares the lock among holders that run Python for longer
 than that, and a request's Python here is tens of microseconds.
 
+A thread that slept in a blocking call and is woken pays `wakeup` (the scheduler
+and cold caches, what the kernel counts as a voluntary context switch) in the
+burst it wakes to: woken with its connection's next request (or its first, which
+stands for the live thread woken in accept; the listener here is the model's
+bookkeeping and pays none), woken in a sendfile that blocked, and woken when
+the lock it slept on is handed to it. A thread that finds its next request
+already there when it finishes a reply does not sleep and pays none.
+
 A holder does leave its core in mid-Python when a CFS quota runs out (the
 hardware's `cpu_quota`): the CPU then marks the burst with `cut`, the CPU
 seconds into it where the period's share ran out. If that falls in the Python
@@ -37,9 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import knob
+from sim.operations import Cost
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "close", "ctx_switch",
-              "handoff", "net_tx", "net_conn")
+              "handoff", "net_tx", "net_conn", "wakeup")
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class Threaded:
         held across the throttle: every thread then waiting for the core runs, finds it held
         and sleeps on it, a hand-over's cost each."""
         gil, env, handoff = self.gil, self.server.env, self.server.costs.handoff
+        wakeup = self.server.costs.wakeup
         gil.acquisitions += takes
         ev = w.run(before + python + after)
         yield ev
@@ -127,13 +137,14 @@ class Threaded:
             overlap = min(python, gil.free_at - start)
             if end > gil.free_at:
                 gil.free_at = end                # the part after the other section stands
-            if gil.free_at > env.now:
+            python = overlap + handoff
+            if gil.free_at > env.now:            # sleeps on the lock, and is woken with it
                 gil.waited_s += gil.free_at - env.now
                 yield env.timeout(gil.free_at - env.now)
+                python += wakeup
             if not handed:
                 handed = True
                 gil.handovers += 1
-            python = overlap + handoff
             yield w.run(python)
             end = env.now
 
@@ -164,17 +175,20 @@ class Threaded:
         cache, sizes, sndbuf, reply_sent = server.cache, server.sizes, server.sndbuf, server.reply_sent
         header = c.write + c.write_u * server.header_bytes
         per_byte = c.sendfile_u + c.net_tx_u
+        woke = 0.0                               # the wake-up the next burst pays (0: it did not sleep)
         while True:
             if not w.ready:
                 yield w.wait()                   # waiting for a connection, or blocked in read
+                woke = c.wakeup
                 continue
             conn = w.ready.pop()
             conn.queued = False
+            wake, woke = woke, 0.0
             if conn.closed:                      # read returns EOF: close, and wait for the next one
                 if gil is None:
-                    yield w.run(c.read + c.close)
+                    yield w.run(wake + c.read + c.close)
                 else:                            # read (EOF) and close, each taking the lock back
-                    yield from self.locked(w, c.read + c.close, 0.0, takes=2)
+                    yield from self.locked(w, wake + c.read + c.close, 0.0, takes=2)
                 server.close(conn)
                 self.idle.append(w)
                 self.listener.wake()
@@ -186,20 +200,25 @@ class Threaded:
             python = c.parse + (c.stat if server.header_cached(w, f) else c.open)
             body = c.sendfile + per_byte * conn.size
             if gil is None:
-                yield w.run(c.read + python + header + body)
+                yield w.run(wake + c.read + python + header + body)
             else:
                 # as the live server does it: recv returns, parse and look up (the lock held),
                 # send the header, sendfile; each system call lets the lock go and takes it back
-                yield from self.locked(w, c.read, python, header + body, takes=3)
+                yield from self.locked(w, wake + c.read, python, header + body, takes=3)
             conn.unsent = conn.size
             miss = cache.touch(f, sizes[f])
             blocked = miss is not None or (not conn.closed and conn.size > sndbuf)
+            t = server.env.now
             if miss is not None:
                 yield from server.block(w, miss)
             if not conn.closed and conn.size > sndbuf:   # sendfile blocks until the rest fits the buffer
                 yield from server.blocking_send(w, conn, conn.size - sndbuf)
-            if blocked and gil is not None:      # woken in sendfile: the return takes the lock again
-                yield from self.locked(w, 0.0, 0.0, takes=0)
+            if blocked:                          # back from sendfile: the return takes the lock again
+                wake = c.wakeup if server.env.now > t else 0.0     # it slept there, and was woken
+                if gil is not None:
+                    yield from self.locked(w, wake, 0.0, takes=0)
+                elif wake:
+                    yield w.run(wake)
             if conn.closed:
                 continue
             server.send(conn, conn.unsent, reply_sent)
@@ -226,8 +245,11 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     each handed over once; on one core the lock is never held by another thread."""
     cost = profile.cost
     fp = profile.footprint
+    # a thread sleeps in recv for each request (its connection's think time is far longer than a
+    # reply), even at saturation: a wake-up per request
     per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write")(workload.header_bytes)
-                   + cost("sendfile")(mean_bytes) + cost("net_tx")(mean_bytes))
+                   + cost("sendfile")(mean_bytes) + cost("net_tx")(mean_bytes)
+                   + profile.costs.get("wakeup", Cost())())
     per_connection = cost("accept")() + cost("net_conn")() + cost("handoff")() + cost("read")() + cost("close")()
     cpu = per_request + per_connection / workload.mean_requests_per_session
     threads = knobs.threads or knobs.max_conns

@@ -127,6 +127,48 @@ def test_process_cpu_regression_recovers_scale_and_per_pass_cpu_into_the_profile
     assert prof.cost("ctx_switch").fixed == 3e-6 and "disk_read" in how["from_fallback"]
 
 
+def test_wakeups_are_fitted_apart_from_passes_and_written_as_their_own_cost():
+    """Process CPU = traced CPU outside the event calls x scale + per pass + per wake-up. The wake-ups
+    (voluntary context switches) fall faster with the load than the passes, so the two part; the
+    event call's fixed part then comes from the regression alone and the wake-up is its own
+    operation, so the profile charges no CPU twice. A candidate with a useless regressor loses on
+    its leave-one-out error."""
+    from calibration.calibrate import build_profile
+    from sim.config import Footprint
+    rng = np.random.default_rng(9)
+    runs = []
+    for rate in (400, 1100, 1500, 1900, 2500, 3200):
+        req = rate * 10.0
+        loops = req / (1 + rate / 900)
+        wakeups = req / (1 + rate / 200)
+        other = req * 60e-6 * rng.uniform(0.98, 1.02)
+        events = req * 1.1
+        # the sampled event calls hold 9 us a pass, 40 us a wake-up and 0.5 us an event
+        event_cpu = 9e-6 * loops + 40e-6 * wakeups + 0.5e-6 * events
+        process = 0.6 * (other + 0.5e-6 * events) + 12e-6 * loops + 70e-6 * wakeups + rng.normal(0, 5e-4)
+        runs.append(fit.RunCounts(req * 7, req, loops, 0, 0, 0.0, f"{rate}", other + event_cpu, process, wakeups,
+                                  event_cpu, events))
+    split = fit.without_event_calls(runs, 0.5e-6)
+    assert split[0].traced == pytest.approx(runs[0].traced - 9e-6 * runs[0].loops - 40e-6 * runs[0].wakeups)
+    best, cands = fit.choose_unseen(split, {"wakeups+passes": ("traced", "wakeups", "loops"),
+                                            "wakeups+passes+requests": ("traced", "wakeups", "loops", "requests"),
+                                            "passes": ("traced", "loops")})
+    u = cands["wakeups+passes"]["fit"]
+    assert best == "wakeups+passes", {k: v["loo_rms_rel"] for k, v in cands.items()}
+    assert u.coef["traced"] == pytest.approx(0.6, rel=0.05)
+    assert u.coef["wakeups"] == pytest.approx(70e-6, rel=0.05) and u.coef["loops"] == pytest.approx(12e-6, rel=0.1)
+    assert cands["passes"]["rms_rel"] > 3 * cands["wakeups+passes"]["rms_rel"]
+    assert fit.loo_rms(split[:3], ("traced", "wakeups", "loops")) == math.inf     # too few runs to tell
+    fits = {"parse": fit.OpFit("parse", "call", 20e-6, 0.0, 10, 10, 1, 0, 0),
+            "epoll_wait": fit.OpFit("epoll_wait", "event", 25e-6, 0.5e-6, 10, 10, 3, 0, 0)}
+    prof, how = build_profile(fits, u, {}, Hardware(cores=1), Footprint(), "t", "", "epoll_wait", event_split=True)
+    assert prof.cost("wakeup").fixed == pytest.approx(u.coef["wakeups"])
+    assert prof.cost("epoll_wait").fixed == pytest.approx(u.coef["loops"])          # the fit's 25 us left out
+    assert prof.cost("epoll_wait").per_unit == pytest.approx(u.coef["traced"] * 0.5e-6)
+    assert prof.cost("poll").fixed == prof.cost("epoll_wait").fixed
+    assert how["unseen_added_us"]["wakeups"] == pytest.approx(1e6 * u.coef["wakeups"])
+
+
 def test_blackbox_demand_is_utilisation_law_and_profile_round_trips(tmp_path):
     runs = [{"replies": 4000, "server_cpu_s": 0.2, "reply_bytes_mean": 15000.0, "load_avg": 1.0},
             {"replies": 6000, "server_cpu_s": 0.3, "reply_bytes_mean": 15000.0, "load_avg": 1.0,
@@ -299,3 +341,58 @@ def test_shaped_link_and_cgroups_are_removed():
         assert int(g.read("memory.limit_in_bytes")) == 64 * 2 ** 20
         path = g.path
     assert not os.path.exists(path)
+
+
+THREADED_SCENARIO = """
+[scenario]
+name = "threaded-wakeup"
+profile = "study-xeon"
+
+[hardware]
+cores = 1
+memory_mb = 2048
+kernel_mb = 120
+
+[workload]
+directories = 5
+
+[run]
+rates = [300]
+warmup_s = 2.0
+duration_s = 2.0
+seed = 3
+
+[[server]]
+label = "threaded"
+architecture = "threaded"
+threads = 64
+max_conns = 64
+gil = {gil}
+"""
+
+
+def test_threaded_thread_pays_a_wakeup_each_time_it_slept(tmp_path):
+    """A worker woken from recv (its connection's next request, or its first) pays `wakeup`: at light
+    load about one per reply, a little more for the EOF reads. A cost of 0 changes nothing, bit for bit."""
+    import dataclasses
+    from sim.engine import build
+
+    def cpu_per_reply(gil: bool, wakeup):
+        path = tmp_path / f"t{int(gil)}.toml"
+        path.write_text(THREADED_SCENARIO.format(gil="true" if gil else "false"))
+        sc = load_scenario(path)
+        if wakeup is not None:
+            costs = {**sc.profile.costs, "wakeup": Cost(wakeup)}
+            sc = dataclasses.replace(sc, profile=dataclasses.replace(sc.profile, costs=costs))
+        env, server, clients, _ = build(sc, sc.servers[0], 300, 0)
+        env.run(until=sc.run.warmup_s)
+        busy, replies = server.cpu.busy, clients.replies
+        env.run(until=sc.run.warmup_s + sc.run.duration_s)
+        return (server.cpu.busy - busy) / (clients.replies - replies), clients.replies
+
+    wake = 100e-6
+    for gil in (False, True):
+        base = cpu_per_reply(gil, None)
+        assert cpu_per_reply(gil, 0.0) == base                 # absent and zero: the same run
+        woken, _ = cpu_per_reply(gil, wake)
+        assert 0.9 * wake < woken - base[0] < 1.4 * wake, (gil, base, woken)
