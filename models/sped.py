@@ -10,7 +10,9 @@ comes back as writable for the next piece. The CPU work of one pass is one burst
 The CPU work of a pass goes in bursts of at most one scheduler slice: Linux 2.6
 keeps a runnable process on the CPU until it blocks or its slice ends, so a
 process serving a long ready list does not hand the CPU to the other userver
-processes after each descriptor. The replies of a burst leave when it ends.
+processes after each descriptor. A burst that starts at once (the CPU was free)
+sends each piece when its descriptor's work is done, as the kernel does; one that
+queued behind another process sends its pieces when it ends, at most a slice late.
 
 A page-cache miss blocks the whole process in sendfile while the disk reads: with
 one process the server then does nothing at all, which is why SYMPED exists.
@@ -75,8 +77,22 @@ def event_loop(server, proc, knobs):
     epoll = mechanism == "epoll"
     request_cpu = c.read + c.parse + c.write + c.write_u * server.header_bytes
     per_byte = c.sendfile_u + c.net_tx_u
-    reply_sent, run, send = server.reply_sent, server.cpu.run, server.send
-    sends = []                                     # pieces whose CPU is in the burst not yet run
+    reply_sent, run, send, call_later = server.reply_sent, server.cpu.run, server.send, server.env.call_later
+    sends = []                                     # (conn, piece, CPU of the burst up to its sendfile)
+
+    def piece_leaves(call):
+        conn, chunk = call.arg
+        if not conn.closed:
+            send(conn, chunk, reply_sent)
+
+    def burst(cpu):
+        ev = run(proc, cpu)
+        if sends and ev.triggered:                 # started at once: each piece leaves on time
+            lag = ev._delay - cpu                  # a context switch first, or the CPU quota
+            for conn, chunk, at in sends:
+                call_later(lag + at, piece_leaves, (conn, chunk))
+            sends.clear()
+        return ev
     while True:
         cpu = 0.0
         if not proc.ready and not server.can_accept(proc):
@@ -117,14 +133,14 @@ def event_loop(server, proc, knobs):
             else:
                 continue
             if miss is None and chunk <= sndbuf:   # sendfile returns at once: the piece joins the burst
-                sends.append((conn, chunk))
+                sends.append((conn, chunk, cpu))
                 if cpu >= SLICE_S:                 # the slice is over: the burst runs, its pieces leave
-                    yield run(proc, cpu)
+                    yield burst(cpu)
                     cpu = 0.0
                     _flush(sends, send, reply_sent)
                 continue
             # sendfile will block: the burst so far runs first, then the process sleeps in it
-            yield run(proc, cpu)
+            yield burst(cpu)
             cpu = 0.0
             _flush(sends, send, reply_sent)
             if miss is not None:                   # sendfile faults the file in: the process blocks
@@ -138,14 +154,14 @@ def event_loop(server, proc, knobs):
                 chunk = conn.unsent
             send(conn, chunk, reply_sent)
         if cpu:
-            yield run(proc, cpu)
+            yield burst(cpu)
         if sends:
             _flush(sends, send, reply_sent)
 
 
 def _flush(sends, send, reply_sent) -> None:
-    """The burst that did these sendfile calls has run: their pieces go to the sockets."""
-    for conn, chunk in sends:
+    """The queued burst that did these sendfile calls has run: their pieces go to the sockets."""
+    for conn, chunk, _at in sends:
         if not conn.closed:
             send(conn, chunk, reply_sent)
     sends.clear()
