@@ -206,6 +206,7 @@ def run_figures(runs, counts, fitted, cpu_fraction: float, residual: list) -> di
         "wakeups_per_reply": [per_reply(r.get("server_wakeups", 0), r) for r in runs],
         "passes_per_reply": [per_reply(c.loops, r) for c, r in zip(counts, runs)],
         "preemptions_per_reply": [per_reply(r.get("server_preemptions", 0), r) for r in runs],
+        "core_idle_entries_per_reply": [per_reply(r.get("core_idle_entries", 0), r) for r in runs],
         "load_avg": [r["load_avg"] for r in runs],
         "residual_s": [round(v, 5) for v in residual],
     }
@@ -370,11 +371,13 @@ def format_fits(cal: Calibration) -> str:
     runs = pv.get("runs")
     if runs:
         lines.append(f"{'offered/s':>9} {'reply/s':>8} {'busy':>5} {'CPU us/reply':>12} {'wake/reply':>10} "
-                     f"{'pass/reply':>10} {'preempt/reply':>13} {'fitted':>6} {'resid ms':>8} {'load':>5}")
+                     f"{'pass/reply':>10} {'preempt/reply':>13} {'idle/reply':>10} {'fitted':>6} {'resid ms':>8} "
+                     f"{'load':>5}")
         for i in range(len(runs["offered_rps"])):
             lines.append(f"{runs['offered_rps'][i]:>9.0f} {runs['reply_rps'][i]:>8.1f} {runs['utilisation'][i]:>5.2f} "
                          f"{runs['proc_cpu_per_reply_us'][i]:>12.1f} {runs['wakeups_per_reply'][i]:>10.3f} "
                          f"{runs['passes_per_reply'][i]:>10.3f} {runs['preemptions_per_reply'][i]:>13.3f} "
+                         f"{runs['core_idle_entries_per_reply'][i]:>10.3f} "
                          f"{'yes' if runs['fitted'][i] else 'no':>6} {1e3 * runs['residual_s'][i]:>8.1f} "
                          f"{runs['load_avg'][i]:>5.1f}")
     return "\n".join(lines)

@@ -90,6 +90,25 @@ def context_switches(pid: int) -> tuple[int, int]:
     return vol, invol
 
 
+def idle_entries(core: int) -> int:
+    """How many times `core` has entered an idle state (cpuidle's per-state usage counts; 0 where the
+    kernel has no cpuidle). On a core the server has to itself, each entry is followed by a wake-up
+    from idle: the VM's halt and wake, then cold caches."""
+    total = 0
+    base = f"/sys/devices/system/cpu/cpu{core}/cpuidle"
+    try:
+        states = os.listdir(base)
+    except OSError:
+        return 0
+    for st in states:
+        try:
+            with open(f"{base}/{st}/usage") as f:
+                total += int(f.read())
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def core_times(core: int) -> dict[str, float]:
     """Seconds per state of one core from /proc/stat (user, system, idle, iowait, irq, softirq, steal...)."""
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -278,13 +297,13 @@ def measure_run(pid: int, port: int, workload, rate: float, duration_s: float, *
     """One httperf run at `rate` with the server's CPU accounting (and trace difference if traced)."""
     before = wait_flush(trace_prefix) if trace_prefix else {}
     c0, k0, t0, la0 = process_cpu(pid), core_times(core), time.monotonic(), load_average()
-    s0 = context_switches(pid)
+    s0, i0 = context_switches(pid), idle_entries(core)
     r = run_httperf(host, port, workload, rate, duration_s, LOAD_CORE, seed=seed, httperf=httperf,
                     warmup_s=warmup_s, stop_after_s=duration_s + 0.5)
     wall_httperf = time.monotonic() - t0
     after = wait_flush(trace_prefix) if trace_prefix else {}
     c1, k1, t1, la1 = process_cpu(pid), core_times(core), time.monotonic(), load_average()
-    s1 = context_switches(pid)
+    s1, i1 = context_switches(pid), idle_entries(core)
     wall = max(t1 - t0, 1e-9)
     r["wall_s"] = wall
     r["httperf_wall_s"] = wall_httperf
@@ -296,6 +315,7 @@ def measure_run(pid: int, port: int, workload, rate: float, duration_s: float, *
     # for the event loops and thread pools here, whose threads live as long as the server
     r["server_wakeups"] = max(0, s1[0] - s0[0])
     r["server_preemptions"] = max(0, s1[1] - s0[1])
+    r["core_idle_entries"] = max(0, i1 - i0)
     r["load_avg"] = round((la0 + la1) / 2, 2)
     if trace_prefix:
         r["trace"] = [trace_diff(a, before.get(p)) for p, a in after.items()]
