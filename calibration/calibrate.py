@@ -162,11 +162,14 @@ def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rat
 def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, seed, cgroup_procs, log,
                    wakeup_s: float = 0.0):
     """Mean over the rates of `traced_runs` of (untraced CPU per reply) / (traced CPU per reply), from
-    /proc, with the same server and settings but no tracing; and the pairs it came from.
+    /proc, with the same server and settings but no tracing; the same ratio with the wake-ups
+    (`wakeup_s` each) taken off both sides, for the record; and the pairs they came from.
 
-    The wake-ups (`wakeup_s` each, counted in both runs) are taken off both sides first: tracing
-    adds to the calls, not to what the kernel spends waking a thread, and a slower traced server
-    batches more requests per wake-up."""
+    The plain ratio is the one used. Taking the wake-ups off looks right (tracing adds to the calls,
+    not to a wake-up), but at one offered rate the traced server may be saturated and the
+    untraced one not, so their wake-ups per reply differ 3 to 20 times and the comparison then
+    rests on the wake-up's fitted cost: it gave 0.67-0.77 on 2026-11-26, where the tracer's own cost
+    per call (about 0.2 us a call, some ten calls a reply) is a few per cent."""
     srv = LiveServer(arch, root, list(server_args), cgroup_procs=cgroup_procs)
     pairs = []
     with srv:
@@ -174,16 +177,19 @@ def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, s
         for r in traced_runs:
             u = sweep(srv, workload, [r["offered_rps"]], duration_s, seed=seed + 2000, log=log)[0]
             if u["replies"] > 0 and r["replies"] > 0 and r["server_cpu_s"] > 0:
-                a = (r["server_cpu_s"] - wakeup_s * r.get("server_wakeups", 0)) / r["replies"]
-                b = (u["server_cpu_s"] - wakeup_s * u.get("server_wakeups", 0)) / u["replies"]
-                if a > 0 and b > 0:
-                    pairs.append((r["offered_rps"], 1e6 * a, 1e6 * b))
+                a, b = r["server_cpu_s"] / r["replies"], u["server_cpu_s"] / u["replies"]
+                wa, wb = r.get("server_wakeups", 0) / r["replies"], u.get("server_wakeups", 0) / u["replies"]
+                pairs.append((r["offered_rps"], 1e6 * a, 1e6 * b, wa, wb))
     if not pairs:
-        return 1.0, pairs
-    ratio = sum(b / a for _, a, b in pairs) / len(pairs)
-    log("  tracing overhead: CPU per reply (wake-ups taken off) traced / untraced " + ", ".join(
-        f"{a:.1f} / {b:.1f} us at {rate:g} req/s" for rate, a, b in pairs) + f": costs x{ratio:.3f}")
-    return ratio, pairs
+        return 1.0, 1.0, pairs
+    ratio = sum(b / a for _, a, b, _, _ in pairs) / len(pairs)
+    off = [(b - 1e6 * wakeup_s * wb) / (a - 1e6 * wakeup_s * wa) for _, a, b, wa, wb in pairs
+           if a > 1e6 * wakeup_s * wa and b > 1e6 * wakeup_s * wb]
+    ratio_off = sum(off) / len(off) if off else math.nan
+    log("  tracing overhead: CPU per reply traced / untraced " + ", ".join(
+        f"{a:.1f} / {b:.1f} us ({wa:.3f} / {wb:.3f} wake-ups) at {rate:g} req/s" for rate, a, b, wa, wb in pairs)
+        + f": costs x{ratio:.3f} (wake-ups taken off both: x{ratio_off:.3f}, not used)")
+    return ratio, ratio_off, pairs
 
 
 def run_figures(runs, counts, fitted, cpu_fraction: float, residual: list) -> dict:
@@ -289,12 +295,11 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
     unseen.coef["traced"] = fitting.refit_scale([counts[i] for i in top], unseen.coef)
     # tracing has a cost of its own (a record per call, CPU samples, flushes): the same rates run again
-    # untraced, and the CPU per reply of the untraced server over the traced one (wake-ups taken off
-    # both) scales every cost but the wake-up, so the profile is that of the server as it runs when
-    # not measured
-    overhead = 1.0
+    # untraced, and the CPU per reply of the untraced server over the traced one scales every cost
+    # but the wake-up, so the profile is that of the server as it runs when not measured
+    overhead, overhead_off, pairs = 1.0, math.nan, []
     if untraced_check:
-        overhead, pairs = untraced_ratio(arch, root, server_args, workload, [runs[i] for i in top[:untraced_runs]],
+        overhead, overhead_off, pairs = untraced_ratio(arch, root, server_args, workload, [runs[i] for i in top[:untraced_runs]],
                                          duration_s, seed, cgroup_procs, log,
                                          wakeup_s=unseen.coef.get("wakeups", 0.0))
         unseen.coef = {k: (v * overhead if k in ("traced", "loops", "bytes", "connections") else v)
@@ -346,7 +351,13 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
                             cpu_fraction, residual),
         "measured_us": {k: round(v * 1e6, 3) for k, v in extras.items()},
         "hardware_measured": {k: round(v, 4) for k, v in hw_extra.items()},
-        "server_rss_kb": round(footprint_kb), "untraced_over_traced_cpu": round(overhead, 4), **how,
+        "server_rss_kb": round(footprint_kb), "untraced_over_traced_cpu": round(overhead, 4),
+        **({"untraced_over_traced_cpu_wakeups_off": round(overhead_off, 4)} if math.isfinite(overhead_off) else {}),
+        "untraced_pairs": {"offered_rps": [p[0] for p in pairs],
+                           "traced_cpu_per_reply_us": [round(p[1], 2) for p in pairs],
+                           "untraced_cpu_per_reply_us": [round(p[2], 2) for p in pairs],
+                           "traced_wakeups_per_reply": [round(p[3], 4) for p in pairs],
+                           "untraced_wakeups_per_reply": [round(p[4], 4) for p in pairs]}, **how,
     }
     return Calibration(prof, provenance, runs, fits, unseen)
 
