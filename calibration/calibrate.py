@@ -342,7 +342,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
         "unseen_rms_rel": round(unseen.rms_rel, 4), "unseen_zero": unseen.zero,
         "unseen_residual_s": [round(v, 4) for v in unseen.residuals],
         "unseen_model": chosen_name,
-        "unseen_candidates": {n: {"coef_us": {k: round(v * 1e6, 3) if k != "traced" else round(v, 4)
+        "unseen_candidates": {n: {"coef_us": {k: round(v * 1e6, 3) if not k.startswith("traced") else round(v, 4)
                                               for k, v in m["fit"].coef.items()},
                                   "residual_rms_pct": round(100 * m["rms_rel"], 2),
                                   "residual_s": [round(v, 5) for v in m["fit"].residuals],
@@ -379,7 +379,7 @@ def format_fits(cal: Calibration) -> str:
     pv = cal.provenance or {}
     for name, m in pv.get("unseen_candidates", {}).items():
         lines.append(f"  {'chosen ' if name == pv.get('unseen_model') else 'other  '}{name:<15} "
-                     + ", ".join(f"{k} x{v:.3f}" if k == "traced" else f"{k} {v:.1f} us"
+                     + ", ".join(f"{k} x{v:.3f}" if k.startswith("traced") else f"{k} {v:.1f} us"
                                  for k, v in m["coef_us"].items())
                      + f"; residual rms {m['residual_rms_pct']:.1f} %, leave-one-out "
                      + (f"{m['loo_rms_pct']:.1f} %" if "loo_rms_pct" in m else "n/a (too few runs)"))
