@@ -1,7 +1,7 @@
 """Figure 7 of the EuroSys 2007 study, simulated beside the published curves.
 
     python bench/fig7.py [--quick] [--rates 4000,15000,...] [--warmup S] [--duration S]
-                         [--labels a,b] [--jobs N] [--json OUT]
+                         [--labels a,b] [--batches N] [--set key=value] [--jobs N] [--json OUT]
 
 Runs scenarios/paper-fig7.toml (the study's machine, workload and the eight
 configurations of Figure 7) and compares it with the digitized figure
@@ -17,7 +17,10 @@ these curves: the costs come from the study's Table 1 (sim/profiles/study-xeon.t
 
 `--quick` runs 4 rates with a 5 s measurement (about half an hour on two cores:
 each run first simulates the scenario's 50 s warm-up); the default runs all
-nine rates of the figure (well over an hour).
+nine rates of the figure (well over an hour). `--batches N` runs one replication
+per point with its window cut into N batches (batch means) instead of the
+scenario's replications: each point then simulates its warm-up once, not twice.
+`--set` overrides any scenario key, e.g. `--set hardware.page_cache=two-list`.
 """
 from __future__ import annotations
 
@@ -137,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, help="simulated warm-up seconds (default: the scenario's)")
     ap.add_argument("--duration", type=float, help="simulated measured seconds (default: the scenario's)")
     ap.add_argument("--labels", help="comma-separated configurations to run (default: all eight)")
+    ap.add_argument("--batches", type=int, help="one replication per point in this many batches (batch means)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write the comparison as JSON here")
     args = ap.parse_args(argv)
@@ -160,6 +165,14 @@ def main(argv=None) -> int:
         overrides["run.warmup_s"] = str(args.warmup)
     if args.duration is not None:
         overrides["run.duration_s"] = str(args.duration)
+    if args.batches:
+        overrides.update({"run.replications": "1", "run.max_replications": "1", "run.batches": str(args.batches)})
+    for kv in args.set:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            print(f"fig7: --set {kv!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides[key] = value
     try:
         scenario = load_scenario(SCENARIO, overrides=overrides)
     except ScenarioError as e:
