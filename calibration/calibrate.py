@@ -287,7 +287,8 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     unseen = fitted_models[chosen_name]["fit"]
     log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(
         f"{n}{' (chosen)' if n == chosen_name else ''}: "
-        + ", ".join(f"{k} x{v:.3f}" if k == "traced" else f"{k} {v * 1e6:.1f} us" for k, v in m["fit"].coef.items())
+        + ", ".join(f"{k} x{v:.3f}" if k.startswith("traced") else f"{k} {v * 1e6:.1f} us"
+                    for k, v in m["fit"].coef.items())
         + f", {100 * m['rms_rel']:.1f} / {100 * m['loo_rms_rel']:.1f}" for n, m in fitted_models.items()))
     # the regression's own prediction error for every run, the runs left out of the fit too
     all_raw = [run_counts(r, softirq) for r in all_runs]

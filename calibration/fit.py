@@ -26,6 +26,7 @@ Two steps, both least squares with non-negative coefficients (scipy):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -226,7 +227,8 @@ def refit_scale(runs: list[RunCounts], coef: dict[str, float]) -> float:
 def loo_rms(runs: list[RunCounts], regressors, target: str = "process", lower: dict[str, float] | None = None) -> float:
     """Leave-one-out prediction error of `fit_unseen`: each run predicted by the fit on the others,
     the RMS of the errors over the mean |target|. Unlike the residual, it grows when a regressor
-    only fits noise, so it tells whether a regressor earns its place (inf with fewer than 3 runs)."""
+    only fits noise, so it tells whether a regressor earns its place (inf with fewer runs than
+    regressors + 1, or than 3)."""
     if len(runs) < max(3, len(regressors) + 1):
         return math.inf
     errs = []
@@ -256,5 +258,4 @@ def without_event_calls(runs: list[RunCounts], per_unit: float) -> list[RunCount
     split between every pass (`loops`) and the passes whose call slept (`wakeups`). A CPU sample of
     a poll that slept holds the kernel's wake-up path, so the per-call fit of the event call mixes
     the two kinds of pass in proportions that change with the load."""
-    import dataclasses
     return [dataclasses.replace(r, traced=r.traced - r.event_traced + per_unit * r.event_units) for r in runs]

@@ -101,6 +101,8 @@ def idle_entries(core: int) -> int:
     except OSError:
         return 0
     for st in states:
+        if not st.startswith("state"):
+            continue
         try:
             with open(f"{base}/{st}/usage") as f:
                 total += int(f.read())
