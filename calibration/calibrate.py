@@ -285,6 +285,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     fitted_models["old: passes, event calls traced"] = fitting.choose_unseen(
         raw_counts, {"old": base + ("loops",)})[1]["old"]
     unseen = fitted_models[chosen_name]["fit"]
+    raw_coef = {n: dict(m["fit"].coef) for n, m in fitted_models.items()}   # as fitted, before the level
     log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(
         f"{n}{' (chosen)' if n == chosen_name else ''}: "
         + ", ".join(f"{k} x{v:.3f}" if k.startswith("traced") else f"{k} {v * 1e6:.1f} us"
@@ -344,7 +345,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
         "unseen_residual_s": [round(v, 4) for v in unseen.residuals],
         "unseen_model": chosen_name,
         "unseen_candidates": {n: {"coef_us": {k: round(v * 1e6, 3) if not k.startswith("traced") else round(v, 4)
-                                              for k, v in m["fit"].coef.items()},
+                                              for k, v in raw_coef[n].items()},
                                   "residual_rms_pct": round(100 * m["rms_rel"], 2),
                                   "residual_s": [round(v, 5) for v in m["fit"].residuals],
                                   **({"loo_rms_pct": round(100 * m["loo_rms_rel"], 2)}
