@@ -5,7 +5,7 @@ of its loop makes one poll call, accepts new connections until EWOULDBLOCK (or u
 to the accept limit), then serves every ready descriptor: reads and parses a
 request, looks the file up in the header/descriptor cache, writes the header and
 sendfiles as much of the file as the socket buffer takes; a socket that drains
-comes back as writable for the next piece. The CPU work of one pass is one burst.
+comes back as writable for the next piece.
 
 The CPU work of a pass goes in bursts of at most one scheduler slice: Linux 2.6
 keeps a runnable process on the CPU until it blocks or its slice ends, so a
@@ -93,6 +93,7 @@ def event_loop(server, proc, knobs):
                 call_later(lag + at, piece_leaves, (conn, chunk))
             sends.clear()
         return ev
+
     while True:
         cpu = 0.0
         if not proc.ready and not server.can_accept(proc):
