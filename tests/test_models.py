@@ -235,13 +235,18 @@ class QuotaCPU:
     """One FIFO core under a CFS quota, with the contract the threaded model reads: a burst runs
     at full speed while the period's share lasts and waits out the rest of the period; its event
     carries `cut`, the CPU seconds into it where the share ran out; `queue` holds the bursts not
-    yet started."""
+    yet started; `free` the idle cores."""
 
     def __init__(self, env, share_s, period_s):
         self.env, self.share, self.period = env, share_s, period_s
         self.k, self.left = -1, 0.0
         self.starts: deque = deque()
         self.busy_until = 0.0
+
+    @property
+    def free(self):
+        """The idle cores: the threaded model asks whether a woken thread finds one."""
+        return [0] if self.busy_until <= self.env.now else []
 
     @property
     def queue(self):
