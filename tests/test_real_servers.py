@@ -178,6 +178,24 @@ def test_trace_aggregates_exactly(tmp_path):
     assert t.totals()["ult_switch"].count == 1
 
 
+def test_a_recorder_per_thread_stays_small(tmp_path):
+    """The threaded server gives each of its thousands of threads a recorder: each must cost little
+    memory (the sampling flags are per thread), and still sample about CPU_SAMPLE of the calls."""
+    import tracemalloc
+    from real.trace import CPU_SAMPLE, Tracer
+    tr = Tracer(str(tmp_path / "x"), "unit", background=False)
+    tracemalloc.start()
+    try:
+        recs = [tr.recorder("conn") for _ in range(200)]
+        per_recorder = tracemalloc.get_traced_memory()[0] / len(recs)
+    finally:
+        tracemalloc.stop()
+        tr.close()
+    assert per_recorder < 64 * 1024, per_recorder
+    sampled = sum(recs[0].sample() for _ in range(100_000)) / 100_000
+    assert 0.7 * CPU_SAMPLE < sampled < 1.3 * CPU_SAMPLE, sampled
+
+
 def test_trace_reader_reads_format_1(tmp_path):
     """Files of format 1 (the wall clock of every call) still read, their mean wall over all calls."""
     path = tmp_path / "old.trace"
