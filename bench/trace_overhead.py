@@ -1,13 +1,25 @@
 """How much does `--trace` cost at saturation? Peak reply rate and CPU per reply, tracing off and on.
 
     python bench/trace_overhead.py [--archs sped,green,...] [--rounds 3] [--duration 5]
+                                   [--cpu-share 0.5] [--cpu-period-ms 100]
+                                   [--method cpu|ladder|both] [--fraction 0.8] [--cpu-rounds 5]
 
 Each architecture runs pinned to core 0 with the knobs of bench/live.py, httperf on
 core 1, on one generated file set in memory, with the sessions of bench/live.py's
 `capacity` phase (the study's files and requests per session, no think times), so
 that one httperf offers far more than a Python server can serve.
 
-Peak: the highest reply rate of a sustained run (bench/live.py's test: errors
+CPU (the default method): the untraced server's peak is estimated first (see below);
+then fresh servers, tracing off and on in alternating order, are each driven at FRACTION
+of that estimate, a rate both keep up with, and the medians of their CPU per reply are
+compared. On a CPU share a server's capacity is its share over its CPU per reply, so
+the capacity change is off/on - 1 of those medians. Driving both past their peak
+instead measures mostly the overload: the one slightly slower loses clients to
+timeouts, and the work spent on them makes it slower still (seen here: -20 % at 1.3 x
+the estimate, where the CPU per reply below the peak differed by 5 %). A ladder's peak
+(below) jumps by a whole step when one run has 1 % of errors.
+
+Ladder (`--method ladder` or `both`): the highest reply rate of a sustained run (bench/live.py's test: errors
 under 1 %, every reply a 200, at least 85 % of what the sessions offered in the
 measured window) found by a short ladder of offered rates around a first
 estimate: up by STEP from FIRST times the estimate (by STEP^2 after five runs)
@@ -23,6 +35,13 @@ compared. Beside each peak: the server's CPU over the peak run (its process tree
 Also printed, as a cross-check that other load on the machine cannot move: the
 traced calls per reply (from the traces) times the CPU one traced call adds
 (timed here, on core 1), over the untraced CPU per reply.
+
+With `--cpu-share F` (the default, 0.5) each server runs in a cpu cgroup allowed F of
+its core per `--cpu-period-ms` (100 ms: a long period, so that a thread is seldom
+throttled while it holds the interpreter lock). Then the server's own CPU is what
+limits its peak, not httperf on the other core, and the change of peak is the
+change of CPU per reply at saturation, which is what tracing must not spoil.
+`--cpu-share 1` runs on the whole core (the peak is then often httperf's).
 
 The last line names the architecture whose peak fell most with tracing on.
 """
@@ -43,6 +62,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from bench.live import ARCHS, one_run, settle  # noqa: E402
+from calibration.cgroup import CgroupError, cpu_share  # noqa: E402
 from calibration.measure import LiveServer, MeasureError  # noqa: E402
 from real.fileset import generate  # noqa: E402
 from real.httperf import LoadError  # noqa: E402
@@ -89,11 +109,19 @@ def traced_calls(prefix: str) -> int:
     return sum(s.count for p in glob.glob(f"{prefix}.*.trace") for s in read_trace(p).ops if s.op != "ult_switch")
 
 
+SHARES: dict = {}      # cgroup.procs path -> the share of the core it allows
+
+
+def share_of(procs) -> float:
+    return SHARES.get(procs, 1.0)
+
+
 class Ladder:
     """One server (traced or not), a ladder of offered rates, its peak."""
 
-    def __init__(self, arch, root, workload, tracing, tmp, duration, seed, log):
+    def __init__(self, arch, root, workload, tracing, tmp, duration, seed, log, procs=None):
         self.arch, self.root, self.workload, self.tracing = arch, root, workload, tracing
+        self.procs = procs          # the cpu cgroup's cgroup.procs, if the server runs on a share
         self.tmp, self.duration, self.seed, self.log = tmp, duration, seed, log
         self.runs: list[dict] = []
 
@@ -110,7 +138,8 @@ class Ladder:
     def climb(self, estimate: float) -> dict:
         """The ladder from FIRST * estimate; returns the peak run (None if none was sustained)."""
         prefix = os.path.join(self.tmp, f"t{time.monotonic_ns()}") if self.tracing else None
-        srv = LiveServer(self.arch, self.root, list(ARCHS[self.arch]), trace_prefix=prefix, core=0)
+        srv = LiveServer(self.arch, self.root, list(ARCHS[self.arch]), trace_prefix=prefix, core=0,
+                         cgroup_procs=self.procs)
         srv.start()
         warm = {"replies": 0}
         try:
@@ -142,9 +171,27 @@ class Ladder:
                                if r["sustained"]]}
 
 
-def estimate_peak(arch, root, workload, duration, log) -> float:
+def at_rate(arch, root, workload, tracing, tmp, rate, duration, seed, log, procs=None) -> dict:
+    """One fresh server (traced or not) driven at `rate`; its CPU per reply there."""
+    prefix = os.path.join(tmp, f"s{time.monotonic_ns()}") if tracing else None
+    srv = LiveServer(arch, root, list(ARCHS[arch]), trace_prefix=prefix, core=0, cgroup_procs=procs)
+    srv.start()
+    try:
+        one_run(srv.pid, srv.port, workload, 1000.0, 2.0, seed, 0.0)      # the file cache
+        settle(srv.port)
+        r = one_run(srv.pid, srv.port, workload, rate, duration, seed + 1, 0.0)
+        settle(srv.port)
+    finally:
+        srv.stop()
+    log(f"  {arch:<9} tracing {'on ' if tracing else 'off'} offered {rate:>7.0f}/s  "
+        f"reply {r['reply_rps']:>7.0f}/s  err {r['errors_pct']:5.2f}%  cpu {r['server_cpu_pct']:>4.0f}% "
+        f"{r['server_cpu_us_per_reply']:>5.1f} us/reply  {loadavg()}")
+    return r
+
+
+def estimate_peak(arch, root, workload, duration, log, procs=None) -> float:
     """The untraced server's best sustained reply rate over doubling rates and one bisection."""
-    srv = LiveServer(arch, root, list(ARCHS[arch]), core=0)
+    srv = LiveServer(arch, root, list(ARCHS[arch]), core=0, cgroup_procs=procs)
     srv.start()
     runs = []
 
@@ -158,7 +205,7 @@ def estimate_peak(arch, root, workload, duration, log) -> float:
     try:
         one_run(srv.pid, srv.port, workload, 1000.0, 2.0, 1, 0.0)
         settle(srv.port)
-        good, bad, rate = None, None, 4000.0
+        good, bad, rate = None, None, 4000.0 * min(1.0, 2 * share_of(procs))
         while len(runs) < 6 and srv.alive():
             if attempt(rate):
                 good, rate = rate, rate * 2
@@ -184,6 +231,14 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of session arrivals per run (default 5)")
     ap.add_argument("--directories", type=int, default=5, help="file-set directories (default 5, 26 MB)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu-share", type=float, default=0.5,
+                    help="share of core 0 the server may use (default 0.5; 1 = the whole core, no cgroup)")
+    ap.add_argument("--cpu-period-ms", type=float, default=100.0, help="CFS period of that share (default 100)")
+    ap.add_argument("--method", choices=("cpu", "ladder", "both"), default="cpu",
+                    help="cpu: alternating runs at FRACTION x the untraced peak, CPU per reply compared "
+                         "(default); ladder: the best sustained rate of a ladder of offered rates; both")
+    ap.add_argument("--fraction", type=float, default=0.8, help="offered rate over the estimated peak (default 0.8)")
+    ap.add_argument("--cpu-rounds", type=int, default=5, help="runs per setting of the cpu method (default 5)")
     args = ap.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     bad = [a for a in archs if a not in ARCHS]
@@ -192,6 +247,10 @@ def main(argv=None) -> int:
         return 2
     if args.rounds < 1 or not 3.0 <= args.duration <= 30.0:
         print("trace_overhead: error: --rounds must be >= 1 and --duration 3..30 s", file=sys.stderr)
+        return 2
+    if not 0.05 <= args.cpu_share <= 1.0 or not 1.0 <= args.cpu_period_ms <= 1000.0:
+        print("trace_overhead: error: --cpu-share must be in 0.05..1 and --cpu-period-ms in 1..1000",
+              file=sys.stderr)
         return 2
     for tool in ("httperf", "taskset"):
         if shutil.which(tool) is None:
@@ -203,6 +262,15 @@ def main(argv=None) -> int:
 
     os.sched_setaffinity(0, {1})        # this process (and the cost timing) on the load core
     per_call = traced_call_cost()
+    group = None
+    if args.cpu_share < 1.0:
+        try:
+            group = cpu_share(args.cpu_share, int(args.cpu_period_ms * 1000))
+        except CgroupError as e:
+            print(f"trace_overhead: error: {e}", file=sys.stderr)
+            return 2
+        SHARES[group.procs] = args.cpu_share
+    procs = group.procs if group else None
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     tmp = tempfile.mkdtemp(prefix="trace-overhead-", dir=base)
     rows = []
@@ -212,20 +280,39 @@ def main(argv=None) -> int:
         fs = FileSet(directories=args.directories)
         generate(root, fs, seed=0)
         workload = Workload(fileset=fs, think_within_burst_s=0.0, think_between_bursts_s=0.0)
-        log(f"file set {fs.total_bytes / 1e6:.0f} MB; server core 0, httperf core 1; {loadavg()}")
+        where = (f"{args.cpu_share:.0%} of core 0 per {args.cpu_period_ms:g} ms" if group else "core 0")
+        log(f"file set {fs.total_bytes / 1e6:.0f} MB; server on {where}, httperf core 1; {loadavg()}")
         for arch in archs:
             try:
-                est = estimate_peak(arch, root, workload, args.duration, log)
-                res = {False: [], True: []}
-                for i in range(args.rounds):
+                est = estimate_peak(arch, root, workload, args.duration, log, procs)
+                sat = {False: [], True: []}
+                for i in range(args.cpu_rounds if args.method != "ladder" else 0):
                     for tracing in ((False, True) if i % 2 == 0 else (True, False)):
-                        lad = Ladder(arch, root, workload, tracing, tmp, args.duration, args.seed + 100 * i, log)
+                        sat[tracing].append(at_rate(arch, root, workload, tracing, tmp, args.fraction * est,
+                                                    args.duration, args.seed + 100 * i, log, procs))
+                res = {False: [], True: []}
+                for i in range(args.rounds if args.method != "cpu" else 0):
+                    for tracing in ((False, True) if i % 2 == 0 else (True, False)):
+                        lad = Ladder(arch, root, workload, tracing, tmp, args.duration, args.seed + 100 * i, log,
+                                     procs)
                         res[tracing].append(lad.climb(est))
             except (LoadError, MeasureError) as e:
                 log(f"  {arch:<9} failed: {e}")
                 rows.append({"arch": arch, "error": str(e)})
                 continue
             row = {"arch": arch, "load": os.getloadavg()[0]}
+            if sat[False]:
+                for tracing, key in ((False, "off"), (True, "on")):
+                    row[f"sat_{key}"] = statistics.median(r["reply_rps"] for r in sat[tracing])
+                    row[f"sats_{key}"] = [round(r["reply_rps"]) for r in sat[tracing]]
+                    row[f"sat_cpu_{key}"] = statistics.median(r["server_cpu_pct"] for r in sat[tracing])
+                    row[f"sat_us_{key}"] = statistics.median(r["server_cpu_us_per_reply"] for r in sat[tracing])
+                row["sat_change"] = row["sat_us_off"] / row["sat_us_on"] - 1    # of the capacity
+                row["sat_kept_up"] = all(r["sustained"] for t in (False, True) for r in sat[t])
+                log(f"  {arch}: replies/s off {row['sats_off']}, on {row['sats_on']}")
+            if not res[False]:
+                rows.append(row)
+                continue
             for tracing in (False, True):
                 peaks = [x["peak"] for x in res[tracing]]
                 if any(p is None for p in peaks):
@@ -254,28 +341,49 @@ def main(argv=None) -> int:
             log(f"  {arch}: peaks off {row.get('peaks_off')}, on {row.get('peaks_on')}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if group is not None:
+            group.close()       # every server has stopped: the ladders stop theirs in `finally`
 
-    print(f"{'arch':<9} {'peak off/s':>10} {'peak on/s':>10} {'change':>7} {'cpu% off':>8} {'cpu% on':>8} "
-          f"{'us/rep off':>10} {'us/rep on':>10} {'change':>7} {'calls/rep':>9} {'est.':>6}  load")
+    where = ('%.0f %% of core 0 per %g ms' % (100 * args.cpu_share, args.cpu_period_ms)) if group else 'core 0'
     worst = None
-    for r in rows:
-        if "error" in r:
-            print(f"{r['arch']:<9} {r['error']}")
-            continue
-        d = r["peak_on"] / r["peak_off"] - 1
-        dc = r.get("us_change", r["us_on"] / r["us_off"] - 1)
-        est = r["calls"] * per_call * 1e6 / r["us_off"]
-        print(f"{r['arch']:<9} {r['peak_off']:>10.0f} {r['peak_on']:>10.0f} {d:>+7.1%} {r['cpu_off']:>8.0f} "
-              f"{r['cpu_on']:>8.0f} {r['us_off']:>10.1f} {r['us_on']:>10.1f} {dc:>+7.1%} {r['calls']:>9.2f} "
-              f"{est:>+6.1%}  {r['load']:.2f}")
-        if worst is None or d < worst[1]:
-            worst = (r["arch"], d)
-    print(f"# medians of {args.rounds} alternating peak searches per setting; peak = best sustained reply rate "
-          f"of a ladder of offered rates (step {STEP}, one bisection); cpu% = the server's CPU share of its core "
-          "in the peak run; us/rep = its CPU per reply, medians over the offered rates both settings sustained, "
-          "change = median of the per-rate ratios; calls/rep = traced calls per reply; est. = calls/rep x "
-          f"{per_call * 1e9:.0f} ns per traced call (timed here) / untraced us/rep; "
-          f"{time.monotonic() - t0:.0f} s in all; {loadavg()}")
+    if args.method != "ladder":
+        print(f"{'arch':<9} {'reply off/s':>11} {'reply on/s':>10} {'cpu% off':>8} {'cpu% on':>8} "
+              f"{'us/rep off':>10} {'us/rep on':>10} {'capacity':>8}  load")
+        for r in rows:
+            if "sat_off" not in r:
+                print(f"{r['arch']:<9} {r.get('error', 'no runs')}")
+                continue
+            d = r["sat_change"]
+            print(f"{r['arch']:<9} {r['sat_off']:>11.0f} {r['sat_on']:>10.0f} {r['sat_cpu_off']:>8.0f} "
+                  f"{r['sat_cpu_on']:>8.0f} {r['sat_us_off']:>10.1f} {r['sat_us_on']:>10.1f} {d:>+8.1%}  "
+                  f"{r['load']:.2f}{'' if r['sat_kept_up'] else '  (a run did not keep up)'}")
+            if worst is None or d < worst[1]:
+                worst = (r["arch"], d)
+        print(f"# cpu: medians of {args.cpu_rounds} alternating runs per setting, each on a fresh server offered "
+              f"{args.fraction:g} x its untraced peak estimate; replies/s completed, the server's CPU share and "
+              f"CPU per reply; capacity = us/rep off / us/rep on - 1, the change of the rate its CPU allows; "
+              f"server on {where}; {time.monotonic() - t0:.0f} s so far; {loadavg()}")
+    if args.method != "cpu":
+        print(f"{'arch':<9} {'peak off/s':>10} {'peak on/s':>10} {'change':>7} {'cpu% off':>8} {'cpu% on':>8} "
+              f"{'us/rep off':>10} {'us/rep on':>10} {'change':>7} {'calls/rep':>9} {'est.':>6}  load")
+        for r in rows:
+            if "peak_off" not in r:
+                print(f"{r['arch']:<9} {r.get('error', 'no ladder')}")
+                continue
+            d = r["peak_on"] / r["peak_off"] - 1
+            dc = r.get("us_change", r["us_on"] / r["us_off"] - 1)
+            est = r["calls"] * per_call * 1e6 / r["us_off"]
+            print(f"{r['arch']:<9} {r['peak_off']:>10.0f} {r['peak_on']:>10.0f} {d:>+7.1%} {r['cpu_off']:>8.0f} "
+                  f"{r['cpu_on']:>8.0f} {r['us_off']:>10.1f} {r['us_on']:>10.1f} {dc:>+7.1%} {r['calls']:>9.2f} "
+                  f"{est:>+6.1%}  {r['load']:.2f}")
+            if worst is None or d < worst[1]:
+                worst = (r["arch"], d)
+        print(f"# ladder: medians of {args.rounds} alternating peak searches per setting; peak = best sustained "
+              f"reply rate of a ladder of offered rates (step {STEP}, one bisection); cpu% = the server's CPU "
+              "share of its core in the peak run; us/rep = its CPU per reply, medians over the offered rates both "
+              "settings sustained, change = median of the per-rate ratios; calls/rep = traced calls per reply; "
+              f"est. = calls/rep x {per_call * 1e9:.0f} ns per traced call (timed here) / untraced us/rep; "
+              f"server on {where}; {time.monotonic() - t0:.0f} s in all; {loadavg()}")
     if worst is not None:
         print(f"worst throughput change with tracing on: {worst[0]} {worst[1]:+.1%} "
               f"({'within' if worst[1] >= -0.10 else 'NOT within'} the 10 % target)")
