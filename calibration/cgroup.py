@@ -20,6 +20,7 @@ Every group is removed in `close()` (the server must have exited first).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -118,6 +119,47 @@ def device_of(path: str) -> str:
     """major:minor of the block device holding `path` (what blkio throttles name)."""
     st = os.stat(path)
     return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def memory_charge(group: Group) -> dict[str, int]:
+    """The group's own charge in bytes: `usage` (memory.usage_in_bytes) and memory.stat's `cache`
+    and `rss`. A file page is charged to the group that first touched it, so the shared libraries
+    a server maps, already resident for other processes, are not in here (they are in VmRSS)."""
+    stat = {}
+    for line in group.read("memory.stat").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stat[key] = int(value)
+    try:
+        return {"usage": int(group.read("memory.usage_in_bytes")), "cache": stat["cache"], "rss": stat["rss"]}
+    except (KeyError, ValueError) as e:
+        raise CgroupError(f"no usable memory charge in {group.path}: {e}") from None
+
+
+def read_ahead_kb(path: str) -> int:
+    """The readahead limit (KB) of the block device holding `path` (a partition: its disk's)."""
+    dev = os.path.realpath(f"/sys/dev/block/{device_of(path)}")
+    for d in (dev, os.path.dirname(dev)):
+        try:
+            with open(os.path.join(d, "queue", "read_ahead_kb")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    raise CgroupError(f"no read_ahead_kb for the device of {path} ({dev})")
+
+
+def sendfile_readahead_kb(device_kb: float, request_kb: float = 64.0) -> float:
+    """One readahead window standing for the kernel's ramp on a file read from its start.
+
+    mm/readahead.c: the first window for a `request_kb` read (a splice, as sendfile does, asks for
+    64 KB) is 4x the request rounded up to a power of two if that is at most max/32, 2x if at most
+    max/4, else max; the next is 4x the first below max/16, 2x up to max/2, else max. The model
+    has one window per file, so it gets the geometric mean of these two (256 and 1,024 KB at
+    8,192 KB: 512; the device's own value when that is 128 KB or less)."""
+    size = 2 ** math.ceil(math.log2(max(1.0, request_kb)))
+    first = size * 4 if size <= device_kb / 32 else size * 2 if size <= device_kb / 4 else device_kb
+    nxt = first * 4 if first < device_kb / 16 else first * 2 if first <= device_kb / 2 else device_kb
+    return float(min(device_kb, math.sqrt(first * min(nxt, device_kb))))
 
 
 def disk_throttle(path: str, read_iops: int, read_mb_s: float) -> Group:

@@ -55,7 +55,8 @@ from sim.scenario import ScenarioError, load_scenario
 from . import blackbox, micro
 from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
                         workload_for)
-from .cgroup import CgroupError, cpu_share, disk_throttle, drop_caches, memory_limit, run_inside, scaled_profile
+from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
+                     run_inside, scaled_profile, sendfile_readahead_kb)
 from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, settle, sustained, sweep,
                       utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
@@ -257,6 +258,65 @@ def live_hardware(profile_hw) -> dict:
             "nic_gbps": profile_hw.nic_gbps, "sndbuf_kb": profile_hw.sndbuf_kb}
 
 
+def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_limit_mb: float):
+    """The disk case's profile and hardware from the live cgroup's readings.
+
+    - the page cache is Linux's two lists (active and inactive), as in the live kernel;
+    - the footprint is the cgroup's own charge with the server idle (usage less its page cache),
+      not VmRSS: the interpreter's shared library pages were charged to whoever touched them first;
+    - connections take 0 KB: cgroup v1 charges socket buffers to memory.kmem.tcp, apart from
+      memory.limit_in_bytes (and only if its limit is set), so they do not shrink the live cache.
+      The server's own state per connection is anonymous memory and is charged; its growth under
+      load is measured in the run (`rss_growth_kb` in the report) as a check on this 0;
+    - one readahead window stands for the kernel's ramp under the device's read_ahead_kb.
+    Returns the profile, the hardware and the readings for the report."""
+    footprint_kb = (charge["usage"] - charge["cache"]) / 1024
+    window = round(sendfile_readahead_kb(device_ra_kb), 1)
+    prof = dataclasses.replace(profile, footprint=dataclasses.replace(
+        profile.footprint, process_kb=float(round(footprint_kb)), connection_kb=0.0))
+    hw = {**hw, "memory_mb": memory_limit_mb, "kernel_mb": 0.0, "page_cache": "two-list", "disk_readahead_kb": window}
+    readings = {"cgroup_usage_kb": round(charge["usage"] / 1024), "cgroup_cache_kb": round(charge["cache"] / 1024),
+                "cgroup_rss_kb": round(charge["rss"] / 1024), "footprint_kb": round(footprint_kb),
+                "device_read_ahead_kb": device_ra_kb, "disk_readahead_kb": window, "connection_kb": 0.0,
+                "page_cache": "two-list"}
+    return prof, hw, readings
+
+
+class RssSampler:
+    """The peak of a memory cgroup's rss while a `with` block runs (sampled every 0.2 s)."""
+
+    def __init__(self, group):
+        import threading
+        self.group, self.peak, self._stop = group, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, memory_charge(self.group)["rss"])
+            except (OSError, CgroupError):
+                pass
+            self._stop.wait(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def reads_serviced(group) -> int:
+    """Read requests a blkio group has passed to its disks (blkio.throttle.io_serviced)."""
+    total = 0
+    for line in group.read("blkio.throttle.io_serviced").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "Read":
+            total += int(parts[2])
+    return total
+
+
 def run_python_case(case: Case, base_profile, root: str, workload, st: Settings) -> dict:
     """One case of a live Python server: its set-up, the simulator's rates, the live sweep, the simulation."""
     log = st.log
@@ -296,11 +356,13 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
         with srv:
             time.sleep(0.5)
             if case.setting == "disk":
-                fp = rss_kb(srv.pid)
-                hw.update(memory_mb=st.memory_limit_mb, kernel_mb=0.0)
-                extra["server_rss_kb"] = fp
-                profile = dataclasses.replace(profile, footprint=dataclasses.replace(profile.footprint,
-                                                                                     process_kb=float(round(fp))))
+                charge = memory_charge(group)
+                profile, hw, readings = disk_inputs(profile, hw, charge, read_ahead_kb(root), st.memory_limit_mb)
+                extra.update(server_rss_kb=round(rss_kb(srv.pid)), **readings)
+                log(f"  cgroup charge with the server idle: {readings['footprint_kb']} KB (usage "
+                    f"{readings['cgroup_usage_kb']} KB less cache {readings['cgroup_cache_kb']} KB; VmRSS "
+                    f"{extra['server_rss_kb']} KB); read_ahead_kb {readings['device_read_ahead_kb']} -> window "
+                    f"{readings['disk_readahead_kb']} KB; two-list page cache")
             scen, _ = case_scenario(case, twin_profile or profile, {k: v for k, v in hw.items() if
                                                                    not k.startswith("cpu_")}, workload, None, st,
                                     {"case": case.name, **extra})
@@ -310,10 +372,21 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             if case.setting == "disk":
                 log("  warming the page cache (not measured)")
                 sweep(srv, workload, rates[:1], st.duration_s, seed=st.seed + 900, log=log)
-            live = sweep(srv, workload, rates, st.duration_s, seed=st.seed,
-                         httperf=link.httperf if link else "httperf", log=log)
-            if case.setting == "disk" and group is not None:
-                extra["cgroup_memory_max_mb"] = round(int(group.read("memory.max_usage_in_bytes")) / 2**20, 1)
+            if case.setting == "disk":
+                reads0, rss0 = reads_serviced(blk), memory_charge(group)["rss"]
+                with RssSampler(group) as sampler:
+                    live = sweep(srv, workload, rates, st.duration_s, seed=st.seed, log=log)
+                replies = sum(r.get("replies", 0) for r in live)
+                reads = reads_serviced(blk) - reads0
+                extra.update(rss_growth_kb=round(max(0, sampler.peak - rss0) / 1024),
+                             live_disk_reads=reads, live_replies=replies,
+                             live_reads_per_100_replies=round(100 * reads / replies, 3) if replies else None,
+                             cgroup_memory_max_mb=round(int(group.read("memory.max_usage_in_bytes")) / 2**20, 1))
+                log(f"  measured sweep: {reads} disk reads for {replies} replies; cgroup rss grew by "
+                    f"{extra['rss_growth_kb']} KB at most under load")
+            else:
+                live = sweep(srv, workload, rates, st.duration_s, seed=st.seed,
+                             httperf=link.httperf if link else "httperf", log=log)
             if link is not None:
                 extra["qdisc"] = link.qdisc_stats()
     finally:

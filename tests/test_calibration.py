@@ -14,9 +14,10 @@ import pytest
 
 from calibration import fit
 from calibration.blackbox import demands_of, profile_of
-from calibration.cgroup import scaled_profile
+from calibration.cgroup import memory_charge, scaled_profile, sendfile_readahead_kb
 from calibration.netns import goodput_gbps
-from calibration.validate import Settings, all_cases, compare, cpu_setting, saturation_rate, verdict, write_scenario
+from calibration.validate import (Settings, all_cases, case_scenario, compare, cpu_setting, disk_inputs, reads_serviced,
+                                 saturation_rate, verdict, write_scenario)
 from real.trace import OpStats, Trace, read_trace
 from sim.config import Hardware
 from sim.operations import Cost
@@ -222,6 +223,46 @@ def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
                           Settings(out=str(tmp_path)))
     back = load_scenario(path)
     assert back.hardware.cpu_quota == 0.25 and back.hardware.cpu_period_ms == 4.0
+
+
+class FakeGroup:
+    """A cgroup's files as fixed text."""
+
+    path = "/fake"
+
+    def __init__(self, files: dict):
+        self.files = files
+
+    def read(self, key: str) -> str:
+        return self.files[key]
+
+
+def test_disk_case_scenario_carries_two_lists_and_the_cgroups_own_readings(tmp_path):
+    """From fake cgroup and device readings: the footprint is usage less cache (not VmRSS),
+    connections take nothing, the readahead window stands for the kernel's ramp, and the scenario
+    written for the case loads back with the two-list cache and these values."""
+    group = FakeGroup({"memory.usage_in_bytes": str(12 * 2**20),
+                       "memory.stat": "cache 3145728\nrss 9437184\nrss_huge 0\ntotal_cache 3145728\n",
+                       "blkio.throttle.io_serviced": "253:0 Read 70\n253:0 Write 3\n7:0 Read 4\nTotal 77\n"})
+    charge = memory_charge(group)
+    assert charge == {"usage": 12 * 2**20, "cache": 3 * 2**20, "rss": 9 * 2**20}
+    assert reads_serviced(group) == 74
+    assert sendfile_readahead_kb(8192) == pytest.approx(512.0)   # windows of 256 and 1,024 KB
+    assert sendfile_readahead_kb(128) == 128.0 and sendfile_readahead_kb(64) == 64.0
+    run = {"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4, "load_avg": 1.0}
+    base = profile_of(demands_of([run]), "bb", Hardware(cores=1, kernel_mb=0.0))
+    hw = {"cores": 1, "memory_mb": 24000.0, "kernel_mb": 0.0, "nics": 1, "nic_gbps": 40.0}
+    prof, hw2, readings = disk_inputs(base, hw, charge, 8192, 64.0)
+    assert readings["footprint_kb"] == 9 * 1024 and readings["device_read_ahead_kb"] == 8192
+    case = next(c for c in all_cases() if c.name == "disk-cgroup")
+    wl = type("W", (), {"fileset": type("F", (), {"directories": 2})(), "think_within_burst_s": 0.02,
+                        "think_between_bursts_s": 0.2})()
+    scen, _ = case_scenario(case, prof, hw2, wl, [100.0], Settings(out=str(tmp_path)), {"case": case.name, **readings})
+    h = scen.hardware
+    assert h.page_cache == "two-list" and h.disk_readahead_kb == 512.0 and h.memory_mb == 64.0
+    back = load_profile(str(tmp_path / case.name / "profile.toml"))
+    assert back.footprint.process_kb == 9216.0 and back.footprint.connection_kb == 0.0
+    assert base.footprint.connection_kb > 0    # the change is the case's, not the base profile's
 
 
 def test_sigterm_ends_a_forked_simulator_worker_at_once():
