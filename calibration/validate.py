@@ -15,7 +15,10 @@ profile, unchanged, at the same offered rates:
                   reads throttled by blkio (200/s, 20 MB/s: the machine's
                   disk is host-cached), page cache dropped first, then
                   warmed by a run at the lowest rate (the simulator
-                  starts with the cache of a long-running server)       (held out)
+                  starts with the cache of a long-running server); simulated
+                  with the two-list cache, the cgroup's own idle charge as
+                  footprint, no charge per connection and the device's
+                  readahead (`disk_inputs`)                             (held out)
   nginx-blackbox  nginx, known only by pid and port: its demand from
                   /proc CPU time and reply rate (utilisation law) in
                   the busiest of a rising series of runs it kept up with, a
