@@ -85,8 +85,7 @@ def warm_application_cache(server, capacity: float):
             used += b
     page = server.cache
     q = p * np.exp(-p * t1) if np.isfinite(t1) else p * 0.0
-    page.lru.clear()
-    page.used = 0.0
+    page.clear()
     if q.sum() > 0:
         t2 = che_lru_hit_ratio(q, sizes.astype(float), page.capacity).char_time
         h2 = -np.expm1(-(q / q.sum()) * t2) if np.isfinite(t2) else np.ones_like(q)

@@ -98,7 +98,9 @@ def event_loop(server, proc, knobs):
         cpu = 0.0
         if not proc.ready and not server.can_accept(proc):
             yield proc.wait()                      # poll blocks: nothing is ready
-            cpu = c.wakeup                         # a pass that finds work at once pays no wake-up
+            # the return from idle: paid only when the core had nothing else to run (with several
+            # processes one often runs while another sleeps); a pass that finds work at once pays none
+            cpu = c.wakeup if server.cpu.free else 0.0
         ready, proc.ready = proc.ready, []
         cpu += event_cost(c, mechanism, proc.nconns + 1, len(ready) + 1)
         if server.can_accept(proc):                # the listen socket is readable
