@@ -11,7 +11,7 @@ that one httperf offers far more than a Python server can serve.
 
 CPU (the default method): the untraced server's peak is estimated first (see below);
 then fresh servers, tracing off and on in alternating order, are each driven at FRACTION
-of that estimate, a rate both keep up with, and the medians of their CPU per reply are
+of that estimate (0.65: a rate both keep up with, clear of the share's cap), and the medians of their CPU per reply are
 compared. On a CPU share a server's capacity is its share over its CPU per reply, so
 the capacity change is off/on - 1 of those medians. Driving both past their peak
 instead measures mostly the overload: the one slightly slower loses clients to
@@ -51,6 +51,7 @@ import argparse
 import glob
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -237,7 +238,9 @@ def main(argv=None) -> int:
     ap.add_argument("--method", choices=("cpu", "ladder", "both"), default="cpu",
                     help="cpu: alternating runs at FRACTION x the untraced peak, CPU per reply compared "
                          "(default); ladder: the best sustained rate of a ladder of offered rates; both")
-    ap.add_argument("--fraction", type=float, default=0.8, help="offered rate over the estimated peak (default 0.8)")
+    ap.add_argument("--fraction", type=float, default=0.65,
+                    help="offered rate over the estimated peak (default 0.65: clear of the share's cap, where a "
+                         "server is throttled in bursts and its CPU per reply changes regime)")
     ap.add_argument("--cpu-rounds", type=int, default=5, help="runs per setting of the cpu method (default 5)")
     args = ap.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -260,6 +263,8 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    # SIGTERM unwinds like ^C, so that the servers are stopped and the cgroup removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.sched_setaffinity(0, {1})        # this process (and the cost timing) on the load core
     per_call = traced_call_cost()
     group = None
