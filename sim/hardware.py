@@ -301,6 +301,10 @@ class PageCache:
             lru.move_to_end(file)
             self.hits += 1
             return None
+        return self._miss(file, nbytes)
+
+    def _miss(self, file: int, nbytes: float):
+        """The disk read that brings `file` in: a new one, or the one already under way."""
         self.misses += 1
         ev = self.inflight.get(file)
         if ev is None:
@@ -390,15 +394,9 @@ class TwoListCache(PageCache):
             elif state != 3:
                 lru[file] = state + 1
             return None
-        self.misses += 1
-        ev = self.inflight.get(file)
-        if ev is None:
-            ev = self.disk.read(file, nbytes)
-            self.inflight[file] = ev
-            ev.callbacks.append(lambda _e: self._insert(file, nbytes))
-        else:
+        if file in self.inflight:
             self.rereads.add(file)
-        return ev
+        return self._miss(file, nbytes)
 
     def _activate(self, file):
         b = self.inactive.pop(file)
