@@ -215,6 +215,24 @@ class CacheHit:
     char_time: float  # in requests (the unit of 1/p); inf when everything fits
 
 
+def _cache_inputs(name: str, probabilities, sizes, capacity_bytes) -> tuple[np.ndarray, np.ndarray, float]:
+    """Checked inputs of a cache approximation: normalised probabilities, sizes, capacity in bytes."""
+    p = np.asarray(probabilities, dtype=float)
+    s = np.asarray(sizes, dtype=float)
+    if p.ndim != 1 or s.shape != p.shape:
+        raise ValueError(f"{name}: probabilities and sizes must be flat and of the same length")
+    if p.size == 0:
+        raise ValueError(f"{name}: no objects")
+    if not (np.all(np.isfinite(p)) and np.all(p >= 0)) or p.sum() <= 0:
+        raise ValueError(f"{name}: probabilities must be finite, >= 0 and not all zero")
+    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+        raise ValueError(f"{name}: sizes must be finite and > 0")
+    capacity = float(capacity_bytes)
+    if math.isnan(capacity) or capacity < 0:
+        raise ValueError(f"{name}: capacity must be >= 0 bytes, got {capacity_bytes!r}")
+    return p / p.sum(), s, capacity
+
+
 def che_lru_hit_ratio(probabilities: Sequence[float], sizes: Sequence[float], capacity_bytes: float) -> CacheHit:
     """Hit ratios of an LRU cache of capacity_bytes under the independent reference model.
 
@@ -222,20 +240,7 @@ def che_lru_hit_ratio(probabilities: Sequence[float], sizes: Sequence[float], ca
     within the characteristic time T, where T fills the cache on average:
     sum_i size_i (1 - exp(-p_i T)) = capacity. The probabilities are normalised.
     """
-    p = np.asarray(probabilities, dtype=float)
-    s = np.asarray(sizes, dtype=float)
-    if p.ndim != 1 or s.shape != p.shape:
-        raise ValueError("che_lru_hit_ratio: probabilities and sizes must be flat and of the same length")
-    if p.size == 0:
-        raise ValueError("che_lru_hit_ratio: no objects")
-    if not (np.all(np.isfinite(p)) and np.all(p >= 0)) or p.sum() <= 0:
-        raise ValueError("che_lru_hit_ratio: probabilities must be finite, >= 0 and not all zero")
-    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
-        raise ValueError("che_lru_hit_ratio: sizes must be finite and > 0")
-    capacity = float(capacity_bytes)
-    if math.isnan(capacity) or capacity < 0:
-        raise ValueError(f"che_lru_hit_ratio: capacity must be >= 0 bytes, got {capacity_bytes!r}")
-    p = p / p.sum()
+    p, s, capacity = _cache_inputs("che_lru_hit_ratio", probabilities, sizes, capacity_bytes)
     live = p > 0  # never-requested objects never enter the cache
     p, s = p[live], s[live]
     if s.sum() <= capacity:
@@ -314,18 +319,7 @@ def two_list_hit_ratio(probabilities: Sequence[float], sizes: Sequence[float], c
     balance equations (bytes on each list, and t_r x the rate bytes are evicted or activated =
     active bytes). Exact only in the limit of many objects, as Che's is.
     """
-    p = np.asarray(probabilities, dtype=float)
-    s = np.asarray(sizes, dtype=float)
-    if p.ndim != 1 or s.shape != p.shape or p.size == 0:
-        raise ValueError("two_list_hit_ratio: probabilities and sizes must be flat, of the same length, not empty")
-    if not (np.all(np.isfinite(p)) and np.all(p >= 0)) or p.sum() <= 0:
-        raise ValueError("two_list_hit_ratio: probabilities must be finite, >= 0 and not all zero")
-    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
-        raise ValueError("two_list_hit_ratio: sizes must be finite and > 0")
-    capacity = float(capacity_bytes)
-    if math.isnan(capacity) or capacity < 0:
-        raise ValueError(f"two_list_hit_ratio: capacity must be >= 0 bytes, got {capacity_bytes!r}")
-    p = p / p.sum()
+    p, s, capacity = _cache_inputs("two_list_hit_ratio", probabilities, sizes, capacity_bytes)
     live = p > 0
     n = p.size
     if s[live].sum() <= capacity or capacity == 0:
