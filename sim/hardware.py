@@ -341,7 +341,6 @@ class PageCache:
         for f, b in reversed(chosen):
             lru[f] = b
 
-
     def clear(self):
         """Empty the cache (a model that warms it its own way starts from here)."""
         self.lru.clear()
