@@ -10,7 +10,10 @@ and waits the burst's `think=` time (or the X of `--wsesslog=N,X,F`) after the
 HTTP/1.1 connection (reopened only if the server closes it); it fails at the
 first timeout (`--timeout`, per step of progress, not during think time) or
 at a connection that closes before any reply. At most 1,000 sessions can be
-defined in one file; httperf then reuses them round robin.
+defined in one file; httperf then reuses them round robin. A workload with
+`session_templates` is written as those templates, shared out over as many
+httperf processes as hold them (`template_slices`), so that the simulator,
+replaying the same templates in turn, sees the same sessions and repeats.
 
 Our model (sim/workload.py) has no pipelining: within a burst each request
 follows the previous reply after the active off-period, and bursts are
@@ -112,27 +115,47 @@ def write_wsesslog(workload: Workload, rng: np.random.Generator, n_sessions: int
     """
     if not 1 <= n_sessions <= MAX_TEMPLATES:
         raise ValueError(f"a session file holds 1 to {MAX_TEMPLATES} sessions (httperf's limit), got {n_sessions}")
+    return write_templates(workload, [workload.template(rng) for _ in range(n_sessions)], path)
+
+
+def write_templates(workload: Workload, templates, path: str) -> SessionLog:
+    """Write sessions given as (files, think after each request) as an httperf --wsesslog file."""
+    if not 1 <= len(templates) <= MAX_TEMPLATES:
+        raise ValueError(f"a session file holds 1 to {MAX_TEMPLATES} sessions (httperf's limit), got {len(templates)}")
     fs = workload.fileset
-    lines = [f"# {n_sessions} sessions; each request is its own burst, think= is the pause after its reply"]
+    lines = [f"# {len(templates)} sessions; each request is its own burst, think= is the pause after its reply"]
     log = SessionLog(path=path)
-    for _ in range(n_sessions):
-        bursts = workload.session(rng)
+    for files, thinks in templates:
         ages, age = [], 0.0
-        for b, burst in enumerate(bursts):
-            for j, index in enumerate(burst):
-                ages.append(age)
-                last_of_burst = j == len(burst) - 1
-                if last_of_burst and b == len(bursts) - 1:
-                    lines.append(f"/{fs.path(index)}")
-                    continue
-                mean = workload.think_between_bursts_s if last_of_burst else workload.think_within_burst_s
-                think = round(workload.think(rng, mean), 3)
-                age += think
-                lines.append(f"/{fs.path(index)} think={think:.3f}")
+        for j, (index, think) in enumerate(zip(files, thinks)):
+            ages.append(age)
+            if j == len(files) - 1:
+                lines.append(f"/{fs.path(index)}")
+                continue
+            age += think
+            lines.append(f"/{fs.path(index)} think={think:.3f}")
         lines.append("")
         log.ages.append(ages)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return log
+
+
+def template_slices(workload: Workload, counts: list[int]) -> list[list]:
+    """The workload's session templates shared out over httperf instances that start `counts`
+    sessions each. Instance i replays its own contiguous share round robin and is given only as
+    many as it starts. The shares and the counts are equal to within one, so every template is
+    offered about equally often, as the simulator's clients replay them all in turn. (With fewer
+    templates than instances an instance replays one template.)"""
+    tpl = workload.templates()
+    if not tpl:
+        raise LoadError("the workload has no session templates (session_templates = 0)")
+    k = len(counts)
+    bounds = [len(tpl) * i // k for i in range(k + 1)]
+    shares = [list(tpl[bounds[i]:bounds[i + 1]] or [tpl[i % len(tpl)]])[:max(1, c)] for i, c in enumerate(counts)]
+    if max(len(s) for s in shares) > MAX_TEMPLATES:
+        raise LoadError(f"{len(tpl)} session templates over {k} httperf processes: more than httperf's "
+                        f"{MAX_TEMPLATES} in one session file")
+    return shares
 
 
 def parse_wsesslog(text: str) -> list[list[tuple[str, float | None]]]:
@@ -300,6 +323,13 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
     if cpu is not None and shutil.which("taskset") is None:
         raise LoadError("taskset not found (util-linux); pass cpu=None to run unpinned")
     k, concurrency = plan_instances(workload, offered_rps, conns_per_instance, max_instances)
+    if workload.session_templates:
+        # as many processes as the templates need, each holding at most httperf's 1,000
+        need = math.ceil(workload.session_templates / MAX_TEMPLATES)
+        if need > max_instances:
+            raise LoadError(f"{workload.session_templates} session templates need {need} httperf processes of "
+                            f"{MAX_TEMPLATES} each, more than the limit of {max_instances}")
+        k = max(k, need)
     sess_rate = workload.session_rate(offered_rps)
     n_total = max(1, round(sess_rate * duration_s))
     counts = [n_total // k + (1 if i < n_total % k else 0) for i in range(k)]
@@ -311,10 +341,14 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
     workdir = tempfile.mkdtemp(prefix="httperf-") if own_dir else workdir
     os.makedirs(workdir, exist_ok=True)
     procs, logs, outs = [], [], []
+    shares = template_slices(workload, counts) if workload.session_templates else None
     try:
         for i, (c, lam) in enumerate(zip(counts, rates)):
             path = os.path.join(workdir, f"sessions-{i}.log")
-            logs.append(write_wsesslog(workload, np.random.default_rng([seed, i]), min(c, MAX_TEMPLATES), path))
+            if shares is not None:
+                logs.append(write_templates(workload, shares[i], path))
+            else:
+                logs.append(write_wsesslog(workload, np.random.default_rng([seed, i]), min(c, MAX_TEMPLATES), path))
             cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + [
                 httperf, "-v", f"--server={server}", f"--port={port}", f"--wsesslog={c},0,{path}",
                 f"--period=e{1.0 / lam:.9f}", f"--timeout={workload.timeout_s:g}", f"--client={i}/{k}"]

@@ -7,6 +7,10 @@ A request not answered within the timeout is an error: the client closes the
 connection and the session ends, as httperf does. Timeouts are found by a reaper
 that wakes a few times per simulated second over the deadlines (in sending order), so that a
 request costs no timer event of its own.
+
+With `session_templates` in the workload the sessions are not drawn: each new
+session replays the next of the workload's templates (files and think times), in
+turn, as httperf replays its session files.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ class Connection:
     """One client session and its persistent connection, seen from both ends."""
 
     __slots__ = ("id", "left", "burst_left", "file", "size", "sent_at", "reqno", "closed", "owner",
-                 "link", "queued", "unsent", "flow", "waiter", "retries", "born", "accepted", "state")
+                 "link", "queued", "unsent", "flow", "waiter", "retries", "born", "accepted", "state", "tpl")
 
     def __init__(self, cid, n_requests, born):
         self.id = cid
@@ -49,6 +53,7 @@ class Connection:
         self.born = born
         self.accepted = False
         self.state = 0              # model-private state
+        self.tpl = None             # the replayed template (files, thinks), or None when drawn
 
 
 class Clients:
@@ -65,6 +70,8 @@ class Clients:
         self.header_bytes = server.header_bytes
         self._files: list = []
         self._fpos = 0
+        self.templates = workload.templates() if workload.session_templates else None
+        self._next_template = 0
         # deadlines of requests in flight: almost always sent in time order, so a FIFO;
         # the few that are not (a first request timed from a SYN retried earlier) go to a heap
         self.deadlines: deque = deque()
@@ -109,6 +116,8 @@ class Clients:
         n = int(rng.poisson(self.session_rate * horizon_s))
         if n == 0:
             return 0
+        if self.templates is not None:
+            return self._prefill_templates(n, horizon_s)
         born = np.sort(rng.uniform(-horizon_s, 0.0, n))
         count = rng.integers(w.session_requests_min, w.session_requests_max + 1, n)
         total = int(count.sum())
@@ -151,6 +160,34 @@ class Clients:
             env.call_later(at, resume, conn)
         return adopted
 
+    def _prefill_templates(self, n: int, horizon_s: float) -> int:
+        """`prefill` for replayed templates: the n sessions born in the last `horizon_s` seconds
+        took the n templates before the first one the arrivals will take, in turn."""
+        born = np.sort(self.rng.uniform(-horizon_s, 0.0, n)).tolist()
+        tpl, count = self.templates, len(self.templates)
+        adopted = 0
+        for m, born_at in enumerate(born):
+            t = tpl[(m - n) % count]
+            files, thinks = t
+            at = born_at
+            for j in range(len(files)):
+                if at >= 0.0:
+                    break
+                at += thinks[j]
+            else:
+                continue                    # the session is over
+            if j == 0:
+                continue                    # cannot happen: born before 0
+            conn = Connection(self.next_id, len(files) - j, born_at)
+            self.next_id += 1
+            conn.tpl = t
+            conn.reqno = j
+            if not self.server.adopt(conn):
+                continue
+            adopted += 1
+            self.env.call_later(at, self._resume, conn)
+        return adopted
+
     # -- drawing --------------------------------------------------------------------------------
     def _next_file(self) -> int:
         if self._fpos >= len(self._files):
@@ -170,6 +207,16 @@ class Clients:
     def _arrivals(self):
         env, rng, w = self.env, self.rng, self.w
         rate = self.session_rate
+        if self.templates is not None:
+            tpl, count = self.templates, len(self.templates)
+            while True:
+                yield env.timeout(rng.exponential(1.0 / rate))
+                t = tpl[self._next_template]
+                self._next_template = (self._next_template + 1) % count
+                conn = Connection(self.next_id, len(t[0]), env.now)
+                self.next_id += 1
+                conn.tpl = t
+                self._connect(conn)
         while True:
             yield env.timeout(rng.exponential(1.0 / rate))
             n = int(rng.integers(w.session_requests_min, w.session_requests_max + 1))
@@ -204,7 +251,7 @@ class Clients:
 
     def _send(self, conn):
         """Send the next request of the session on its connection."""
-        conn.file = f = self._next_file()
+        conn.file = f = self._next_file() if conn.tpl is None else conn.tpl[0][conn.reqno]
         conn.size = self.sizes[f] + self.header_bytes
         conn.sent_at = self.env.now if conn.reqno else conn.born
         conn.reqno += 1
@@ -231,7 +278,9 @@ class Clients:
             self.sessions_done += 1
             self._close(conn)
             return
-        if conn.burst_left <= 0:
+        if conn.tpl is not None:
+            think = conn.tpl[1][conn.reqno - 1]
+        elif conn.burst_left <= 0:
             conn.burst_left = self._burst_len()
             think = self._think(self.w.think_between_bursts_s)
         else:

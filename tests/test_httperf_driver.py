@@ -181,3 +181,86 @@ def test_run_against_the_python_sped_server(small_set, server_factory):
     r = hp.run_httperf("127.0.0.1", s.port, w, 150, 10, cpu=1, seed=1, stop_after_s=10.5)
     assert s.alive()
     check_low_load_run(r)
+
+
+# ---------------------------------------------------------------- replayed session templates
+
+def test_templates_are_a_session_file_and_are_shared_out_over_instances(tmp_path):
+    """The workload's templates are what write_wsesslog draws for seed [S, 0] (so an earlier live run's
+    first session file can be simulated again); instances get contiguous shares, as many as they start."""
+    base = Workload(fileset=FileSet(directories=3), think_within_burst_s=0.02, think_between_bursts_s=0.2)
+    w = Workload(fileset=base.fileset, think_within_burst_s=0.02, think_between_bursts_s=0.2,
+                 session_templates=2500, template_seed=7)
+    tpl = w.templates()
+    assert len(tpl) == 2500 and tpl is w.templates()
+    hp.write_wsesslog(base, np.random.default_rng([7, 0]), 1000, str(tmp_path / "a.log"))
+    hp.write_templates(w, tpl[:1000], str(tmp_path / "b.log"))
+    assert (tmp_path / "a.log").read_text() == (tmp_path / "b.log").read_text()
+    shares = hp.template_slices(w, [900, 900, 5])
+    assert [len(s) for s in shares] == [833, 833, 5]
+    assert shares[0] == list(tpl[:833]) and shares[1] == list(tpl[833:1666]) and shares[2] == list(tpl[1666:1671])
+    with pytest.raises(hp.LoadError):
+        hp.template_slices(w, [2000, 2000])             # 1,250 in one file: more than httperf holds
+
+
+FAKE_HTTPERF = """#!/bin/sh
+# records its session file, then answers with a real httperf report
+for a in "$@"; do case "$a" in --wsesslog=*) cp "${a##*,}" "$(dirname "${a##*,}")/seen-$$.log";; esac; done
+cat "%s"
+"""
+
+
+def test_run_plans_one_httperf_per_thousand_templates(tmp_path):
+    """At a rate one httperf could carry, 2,500 templates still take three processes, and their
+    session files hold consecutive templates in order."""
+    fake = tmp_path / "httperf"
+    fake.write_text(FAKE_HTTPERF % FIXTURE)
+    fake.chmod(0o755)
+    w = Workload(fileset=FileSet(directories=3), think_within_burst_s=0.02, think_between_bursts_s=0.2,
+                 session_templates=2500, template_seed=1)
+    work = tmp_path / "work"
+    r = hp.run_httperf("127.0.0.1", 9, w, 400.0, 3.0, cpu=None, httperf=str(fake), workdir=str(work))
+    assert r["instances"] == 3 and r["sessions"] == 120
+    seen = [hp.parse_wsesslog(p.read_text()) for p in sorted(work.glob("sessions-*.log"))]
+    expect = [[[(f"/{w.fileset.path(f)}", None if j == len(files) - 1 else t) for j, (f, t) in
+                enumerate(zip(files, thinks))] for files, thinks in share]
+              for share in hp.template_slices(w, [40, 40, 40])]
+    assert seen == expect and len(list(work.glob("seen-*.log"))) == 3
+
+
+def test_simulated_clients_replay_the_templates_in_turn(tmp_path):
+    """With session_templates the simulator's sessions are the templates, taken in turn from the
+    first, each with its own files and think times (the sessions under way at 0 took the ones before)."""
+    from sim.engine import build
+    from sim.scenario import load_scenario
+    (tmp_path / "s.toml").write_text(
+        '[scenario]\nname = "t"\nprofile = "study-xeon"\n[workload]\ndirectories = 2\n'
+        'think_within_burst_s = 0.02\nthink_between_bursts_s = 0.2\nsession_templates = 7\ntemplate_seed = 3\n'
+        '[run]\nrates = [300.0]\nwarmup_s = 0.0\nduration_s = 3.0\nreplications = 2\n'
+        '[[server]]\nlabel = "sped"\narchitecture = "sped"\n')
+    scen = load_scenario(str(tmp_path / "s.toml"))
+    assert scen.workload.session_templates == 7
+    env, server, clients, _ = build(scen, scen.servers[0], 300.0, 0)
+    sent, send = {}, clients._send
+
+    def record(conn):
+        send(conn)
+        sent.setdefault(conn.id, []).append((conn.file, clients.env.now))
+
+    clients._send = record
+    first_new = clients.next_id
+    env.run(until=3.0)
+    tpl = scen.workload.templates()
+    new = sorted(c for c in sent if c >= first_new)
+    assert len(new) > 50
+    for k, cid in enumerate(new):
+        files, thinks = tpl[k % 7]
+        got = [f for f, _ in sent[cid]]
+        assert got == list(files[:len(got)])
+        # the next request follows the reply by the template's think time (and the reply's own time)
+        times = [t for _, t in sent[cid]]
+        assert all(b - a >= thinks[j] - 1e-9 for j, (a, b) in enumerate(zip(times, times[1:])))
+    for cid in sent:
+        if cid < first_new:
+            got = [f for f, _ in sent[cid]]
+            assert any(got == list(t[0][j:j + len(got)]) for t in tpl for j in range(1, len(t[0])))
