@@ -18,7 +18,11 @@ profile, unchanged, at the same offered rates:
                   starts with the cache of a long-running server); simulated
                   with the two-list cache, the cgroup's own idle charge as
                   footprint, no charge per connection and the device's
-                  readahead (`disk_inputs`)                             (held out)
+                  readahead (`disk_inputs`); both sides replay the same
+                  8,000 sessions (`--disk-sessions`: as many as eight
+                  httperf processes hold), so the two caches see the same
+                  repeats; the live reads and bytes the blkio group passed
+                  are recorded per rate                                  (held out)
   nginx-blackbox  nginx, known only by pid and port: its demand from
                   /proc CPU time and reply rate (utilisation law) in
                   the busiest of a rising series of runs it kept up with, a
@@ -63,6 +67,7 @@ from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_
 from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, settle, sustained, sweep,
                       utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
+from real.httperf import MAX_INSTANCES, MAX_TEMPLATES
 
 PEAK_TARGET_PCT, MAPE_TARGET_PCT, BLACKBOX_TARGET_PCT = 5.0, 10.0, 10.0
 LIVE_COMMON = ["--max-conns", "2000", "--accept-limit", "100"]
@@ -122,6 +127,9 @@ class Settings:
     memory_limit_mb: float = 64.0
     disk_iops: int = 200
     disk_mb_s: float = 20.0
+    # sessions both sides of the disk case replay (0: each httperf file drawn afresh, the simulator's
+    # sessions too): httperf holds 1,000 per file, and eight processes are the most the study ran
+    disk_sessions: int = MAX_INSTANCES * MAX_TEMPLATES
     sim_warmup_s: float = 5.0
     sim_duration_s: float = 10.0
     jobs: int = 2
@@ -148,6 +156,8 @@ def write_scenario(path: str, name: str, profile_path: str, hardware: dict, work
     """The case as a scenario file (kept beside the report: `simrun` runs it again)."""
     wl = {"directories": workload.fileset.directories, "think_within_burst_s": workload.think_within_burst_s,
           "think_between_bursts_s": workload.think_between_bursts_s}
+    if getattr(workload, "session_templates", 0):
+        wl.update(session_templates=workload.session_templates, template_seed=workload.template_seed)
     lines = ["# written by simrun validate", "[scenario]", f"name = {_toml_value(name)}",
              f"profile = {_toml_value(os.path.basename(profile_path))}", "", "[hardware]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in hardware.items()]
@@ -310,14 +320,39 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
-def reads_serviced(group) -> int:
-    """Read requests a blkio group has passed to its disks (blkio.throttle.io_serviced)."""
+def reads_serviced(group, key: str = "blkio.throttle.io_serviced") -> int:
+    """Read requests (or, with blkio.throttle.io_service_bytes, bytes) a blkio group has passed
+    to its disks."""
     total = 0
-    for line in group.read("blkio.throttle.io_serviced").splitlines():
+    for line in group.read(key).splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] == "Read":
             total += int(parts[2])
     return total
+
+
+def disk_workload(directories: int, sessions: int, seed: int):
+    """The disk case's workload: `sessions` templates replayed by both sides (0: fresh draws)."""
+    w = workload_for(directories)
+    return dataclasses.replace(w, session_templates=sessions, template_seed=seed) if sessions else w
+
+
+def counted_sweep(srv, workload, rates, st: Settings, blk) -> list[dict]:
+    """The measured sweep, one rate at a time, with the reads and bytes the blkio group passed to
+    the disk during each run (its tail and the pause after it included)."""
+    live = []
+    for i, rate in enumerate(rates):
+        reads0, bytes0 = reads_serviced(blk), reads_serviced(blk, "blkio.throttle.io_service_bytes")
+        r = sweep(srv, workload, [rate], st.duration_s, seed=st.seed + i, log=st.log)[0]
+        r["disk_reads"] = reads_serviced(blk) - reads0
+        r["disk_read_mb"] = (reads_serviced(blk, "blkio.throttle.io_service_bytes") - bytes0) / 2**20
+        replies = r.get("replies", 0)
+        r["reads_per_100_replies"] = 100 * r["disk_reads"] / replies if replies else None
+        st.log(f"    {r['disk_reads']} disk reads, {r['disk_read_mb']:.1f} MB for {replies} replies "
+               f"({r['sessions']} sessions from {workload.session_templates or 'fresh'} templates, "
+               f"{r['instances']} httperf)")
+        live.append(r)
+    return live
 
 
 def run_python_case(case: Case, base_profile, root: str, workload, st: Settings) -> dict:
@@ -342,7 +377,7 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             extra.update(link_mbit=st.link_mbit, nic_goodput_gbps=hw["nic_gbps"])
         elif case.setting == "disk":
             root = prepare_root(None, st.disk_directories, os.path.join(st.workdir, "disk"))
-            workload = workload_for(st.disk_directories)
+            workload = disk_workload(st.disk_directories, st.disk_sessions, st.seed)
             group = memory_limit(st.memory_limit_mb)
             blk = disk_throttle(root, st.disk_iops, st.disk_mb_s)
             disk = run_inside(blk, micro.disk, root)
@@ -378,10 +413,11 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             if case.setting == "disk":
                 reads0, rss0 = reads_serviced(blk), memory_charge(group)["rss"]
                 with RssSampler(group) as sampler:
-                    live = sweep(srv, workload, rates, st.duration_s, seed=st.seed, log=log)
+                    live = counted_sweep(srv, workload, rates, st, blk)
                 replies = sum(r.get("replies", 0) for r in live)
                 reads = reads_serviced(blk) - reads0
                 extra.update(rss_growth_kb=round(max(0, sampler.peak - rss0) / 1024),
+                             session_templates=workload.session_templates,
                              live_disk_reads=reads, live_replies=replies,
                              live_reads_per_100_replies=round(100 * reads / replies, 3) if replies else None,
                              cgroup_memory_max_mb=round(int(group.read("memory.max_usage_in_bytes")) / 2**20, 1))
@@ -474,7 +510,8 @@ class _Handle:
 # ---------------------------------------------------------------- report
 
 LIVE_KEYS = ("offered_rps", "offered_window_rps", "reply_rps", "throughput_mbps", "response_ms_mean", "errors_pct",
-             "server_cpu_pct", "load_avg", "reply_rps_basis")
+             "server_cpu_pct", "load_avg", "reply_rps_basis", "replies", "sessions", "instances", "disk_reads",
+             "disk_read_mb", "reads_per_100_replies")
 SIM_KEYS = ("reply_rps", "reply_rps_ci", "throughput_mbps", "response_ms_mean", "response_ms_p90", "errors_pct",
             "cpu_util", "nic_util", "disk_util", "cache_hit_pct")
 
@@ -540,6 +577,20 @@ def report_md(doc: dict) -> str:
                          f"{_f(s['response_ms_mean'])} | {_f(s['response_ms_p90'])} | {_f(l['errors_pct'], '{:.2f}')} | "
                          f"{_f(s['errors_pct'], '{:.2f}')} | {_f(l['server_cpu_pct'], '{:.0f}')} | "
                          f"{_f(l['load_avg'])} |")
+        if any(r["live"].get("disk_reads") is not None for r in c["rates"]):
+            lines += ["", "The disk per rate: live, the reads and bytes the blkio group passed to the disk during "
+                          "the run (a miss costs one read or more); simulated, the page cache's hits and misses "
+                          "per request.", "",
+                      "| offered /s | live sessions | httperf | live reads | live MB read | live reads /100 replies "
+                      "| sim hits % | sim misses /100 requests | sim disk util |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in c["rates"]:
+                l, s = r["live"], r["sim"]
+                hit = s.get("cache_hit_pct")
+                lines.append(f"| {l['offered_rps']:.0f} | {_f(l.get('sessions'), '{:.0f}')} | "
+                             f"{_f(l.get('instances'), '{:.0f}')} | {_f(l.get('disk_reads'), '{:.0f}')} | "
+                             f"{_f(l.get('disk_read_mb'))} | {_f(l.get('reads_per_100_replies'), '{:.3f}')} | "
+                             f"{_f(hit, '{:.2f}')} | {_f(None if hit is None else 100 - hit, '{:.3f}')} | "
+                             f"{_f(s.get('disk_util'), '{:.2f}')} |")
     if doc.get("calibration"):
         lines += ["", "## Calibration", "", "```", doc["calibration"], "```"]
     return "\n".join(lines) + "\n"
@@ -626,6 +677,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
     p.add_argument("--memory-mb", type=float, default=64.0, help="memory cgroup limit of the disk case (default 64)")
     p.add_argument("--disk-directories", type=int, default=40, help="file set of the disk case (default 40, ~200 MB)")
+    p.add_argument("--disk-sessions", type=int, default=MAX_INSTANCES * MAX_TEMPLATES,
+                   help="sessions both sides of the disk case replay in turn (default "
+                        f"{MAX_INSTANCES * MAX_TEMPLATES}: {MAX_INSTANCES} httperf processes of {MAX_TEMPLATES}, "
+                        "httperf's limit per file); 0: fresh sessions in the simulator, 1,000 per httperf file live")
     p.add_argument("--jobs", type=int, default=2, help="simulator processes (default 2)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -669,6 +724,10 @@ def main(argv=None) -> int:
             raise CalibrationError(f"--cpu-fraction must be in 0.01..1, got {args.cpu_fraction}")
         if args.directories < 1 or args.disk_directories < 1 or args.jobs < 1:
             raise CalibrationError("--directories, --disk-directories and --jobs must be at least 1")
+        if not 0 <= args.disk_sessions <= MAX_INSTANCES * MAX_TEMPLATES:
+            raise CalibrationError(f"--disk-sessions must be in 0..{MAX_INSTANCES * MAX_TEMPLATES} (httperf holds "
+                                   f"{MAX_TEMPLATES} per process, at most {MAX_INSTANCES} processes), "
+                                   f"got {args.disk_sessions}")
         out = os.path.abspath(args.out)
         if not os.path.isdir(os.path.dirname(out)):
             raise CalibrationError(f"--out: parent folder {os.path.dirname(out)} does not exist")
@@ -679,6 +738,7 @@ def main(argv=None) -> int:
                       duration_s=args.duration or (8.0 if args.quick else 15.0),
                       fractions=(0.5, 0.9, 1.3) if args.quick else (0.4, 0.7, 0.9, 1.1, 1.4),
                       link_mbit=args.link_mbit, disk_directories=args.disk_directories, memory_limit_mb=args.memory_mb,
+                      disk_sessions=args.disk_sessions,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
                       jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
                       sim_quota=args.sim_quota)
@@ -744,6 +804,7 @@ def main(argv=None) -> int:
                                    "sim_quota": st.sim_quota, "threaded_period_us": known["threaded-gil"].cpu_period_us,
                                    "fractions": list(st.fractions), "link_mbit": st.link_mbit,
                                    "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
+                                   "disk_sessions": st.disk_sessions,
                                    "sim_duration_s": st.sim_duration_s, "quick": st.quick},
                       "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
                                   "blackbox_error_pct": BLACKBOX_TARGET_PCT},

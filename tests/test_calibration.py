@@ -443,3 +443,20 @@ def test_threaded_thread_pays_a_wakeup_when_it_wakes_on_an_idle_core(tmp_path):
     busy0, peak0 = cpu_per_reply(False, 0.0, rate=16000, threads=0, max_conns=20000, duration=0.5)
     busy1, peak1 = cpu_per_reply(False, wake, rate=16000, threads=0, max_conns=20000, duration=0.5)
     assert busy1 - busy0 < 0.1 * wake and peak1 > 0.97 * peak0, (busy0, peak0, busy1, peak1)
+
+
+def test_disk_case_replays_the_same_templates_in_its_scenario(tmp_path):
+    """The disk case's workload replays --disk-sessions templates (8,000 by default: eight httperf
+    files of 1,000), and the scenario written for the simulator carries them, so it replays the same."""
+    assert Settings(out=str(tmp_path)).disk_sessions == 8000
+    from calibration.validate import disk_workload
+    w = disk_workload(2, 8000, 5)
+    assert (w.session_templates, w.template_seed) == (8000, 5) and disk_workload(2, 0, 5).session_templates == 0
+    run = {"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4, "load_avg": 1.0}
+    prof = profile_of(demands_of([run]), "bb", Hardware(cores=1, kernel_mb=0.0))
+    write_profile(prof, tmp_path / "p.toml", {})
+    case = next(c for c in all_cases() if c.name == "disk-cgroup")
+    path = write_scenario(str(tmp_path / "s.toml"), "s", str(tmp_path / "p.toml"), {"cores": 1}, w, [100.0], case,
+                          Settings(out=str(tmp_path)))
+    back = load_scenario(path).workload
+    assert back.session_templates == 8000 and back.template_seed == 5 and back.templates()[:3] == w.templates()[:3]
