@@ -8,6 +8,13 @@
   interpreter lock changing hands).
 - `disk`: O_DIRECT reads of a file on the disk under test (no page cache):
   random 4 KB reads give the positioning time, 1 MB sequential reads the bandwidth.
+  Under a blkio throttle over a fast (host-cached) disk this is not a positioning
+  time: it is the throttle's mean spacing of reads, the first ones of which pass
+  at once. `throttle` measures what the throttle does instead.
+- `throttle`: the latency of each O_DIRECT read issued back to back after an idle
+  second, 4 KB reads then 1 MB ones: the device's own read time (the reads the
+  throttle passes at once), how many reads pass per slice and how long a slice
+  is, and the sustained rates of reads and bytes.
 Each returns the median of a few batches: the machine may be shared.
 """
 from __future__ import annotations
@@ -118,3 +125,85 @@ def disk(path_dir: str, size_mb: int = 128, random_reads: int = 200, seq_mb: int
     # a random 4 KB read is positioning plus 4 KB of transfer
     seek_ms = max(0.0, rand_s - 4096 / (mb_s * 1e6)) * 1e3
     return {"disk_seek_ms": seek_ms, "disk_mb_s": mb_s}
+
+
+def throttle_slices(latencies_s: list[float], fast_factor: float = 4.0) -> dict:
+    """What a slice-based rate limit does to reads issued one at a time, from their latencies.
+
+    blk-throttle allows a slice's worth of reads and bytes (its limits times the slice, 100 ms
+    on a rotational queue) and holds a read beyond that until the next slice: so reads pass in
+    runs at the device's own speed, each run ended by one read that waited. Returns the device's
+    time per read (the median of the fast reads), the reads per slice (the median run, the
+    waiting read included), the slice (the median time from one waiting read's end to the next's) and the sustained
+    reads per second (reads over time from the first wait to the last). A read waited if it took
+    over `fast_factor` x the median fast read and over 1/`fast_factor` of the longest wait (a
+    device's slow first reads after idle are not waits)."""
+    if len(latencies_s) < 4:
+        raise ValueError("need at least four reads")
+    lo = sorted(latencies_s)[:max(1, len(latencies_s) // 2)]
+    device = statistics.median(lo)
+    limit = max(fast_factor * max(device, 1e-6), max(latencies_s) / fast_factor)
+    waited = [i for i, t in enumerate(latencies_s) if t > limit]
+    ends, acc = [], 0.0
+    for t in latencies_s:
+        acc += t
+        ends.append(acc)
+    out = {"device_s": statistics.median([t for i, t in enumerate(latencies_s) if i not in set(waited)] or lo),
+           "first_run": waited[0] if waited else len(latencies_s), "per_slice": None, "slice_s": None,
+           "reads_per_s": None}
+    if len(waited) >= 2:
+        out["per_slice"] = statistics.median(b - a for a, b in zip(waited, waited[1:]))
+        out["slice_s"] = statistics.median(ends[b] - ends[a] for a, b in zip(waited, waited[1:]))
+        out["reads_per_s"] = (waited[-1] - waited[0]) / (ends[waited[-1]] - ends[waited[0]])
+    return out
+
+
+def throttle(path_dir: str, size_mb: int = 64, small_reads: int = 100, large_reads: int = 24, idle_s: float = 1.0,
+             seed: int = 1) -> dict:
+    """What a read throttle on the disk holding `path_dir` does to reads issued one at a time (run it
+    inside the throttled group): for 4 KB reads (held by the limit on reads) and 1 MB reads (held by
+    the limit on bytes), after `idle_s` idle, `throttle_slices` of their latencies. Writes a scratch
+    file of `size_mb` (removed afterwards)."""
+    import random
+    path = os.path.join(path_dir, f".throttle-probe-{os.getpid()}")
+    block = 1 << 20
+    buf = mmap.mmap(-1, block)
+    buf.write(os.urandom(4096) * (block // 4096))
+    out = {}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for _ in range(size_mb):
+                os.write(fd, buf)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            rng = random.Random(seed)
+            small = mmap.mmap(-1, 4096)
+            for name, n, target, span in (("4k", small_reads, small, 4096), ("1m", large_reads, buf, block)):
+                time.sleep(idle_s)
+                lat = []
+                for _ in range(n):
+                    off = rng.randrange(size_mb * block // span) * span
+                    t0 = time.perf_counter()
+                    os.preadv(fd, [target], off)
+                    lat.append(time.perf_counter() - t0)
+                r = throttle_slices(lat)
+                out[f"throttle_{name}_device_ms"] = r["device_s"] * 1e3
+                out[f"throttle_{name}_first_run"] = r["first_run"]
+                out[f"throttle_{name}_per_slice"] = r["per_slice"]
+                out[f"throttle_{name}_slice_ms"] = None if r["slice_s"] is None else r["slice_s"] * 1e3
+                out[f"throttle_{name}_reads_per_s"] = r["reads_per_s"]
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    r1 = out["throttle_1m_reads_per_s"]
+    out["throttle_1m_mb_s"] = None if r1 is None else r1 * block / 1e6
+    out["device_mb_s"] = block / 1e6 / (out["throttle_1m_device_ms"] / 1e3)
+    return out

@@ -320,6 +320,29 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
+THROTTLE_KEYS = ("disk_throttle_iops", "disk_throttle_mb_s", "disk_throttle_slice_ms")
+
+
+def throttle_supported() -> bool:
+    """Whether this simulator's hardware has a blkio throttle in front of its disk (THROTTLE_KEYS)."""
+    from sim.config import Hardware
+    return set(THROTTLE_KEYS) <= {f.name for f in dataclasses.fields(Hardware)}
+
+
+def disk_hardware(hw: dict, fifo: dict, thr: dict, iops: float, mb_s: float, supported: bool) -> dict:
+    """The disk case's disk. The live disk is a fast (host-cached) one behind blk-throttle, a rate
+    limit: a slice's worth of reads and bytes pass at the device's own speed, the rest wait for the
+    next slice. With a simulated throttle, the device's own times (`thr`, micro.throttle) behind
+    the throttle's limits and measured slice. Without one, the FIFO disk with `fifo` (micro.disk:
+    the throttle's mean spacing of 4 KB reads as a positioning time, its bandwidth), which charges
+    every read the spacing of a saturated throttle, idle or not."""
+    if not supported:
+        return {**hw, **{k: round(v, 4) for k, v in fifo.items()}}
+    return {**hw, "disk_seek_ms": round(thr["throttle_4k_device_ms"], 4), "disk_mb_s": round(thr["device_mb_s"], 1),
+            "disk_throttle_iops": float(iops), "disk_throttle_mb_s": float(mb_s),
+            "disk_throttle_slice_ms": round(thr["throttle_4k_slice_ms"] or 100.0, 1)}
+
+
 def reads_serviced(group, key: str = "blkio.throttle.io_serviced") -> int:
     """Read requests (or, with blkio.throttle.io_service_bytes, bytes) a blkio group has passed
     to its disks."""
@@ -383,7 +406,17 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             disk = run_inside(blk, micro.disk, root)
             log(f"  disk under the file set, throttled to {st.disk_iops} reads/s and {st.disk_mb_s:g} MB/s: "
                 f"{disk['disk_seek_ms']:.3f} ms per positioned read, {disk['disk_mb_s']:.1f} MB/s (O_DIRECT)")
-            hw.update({k: round(v, 4) for k, v in disk.items()})
+            thr = run_inside(blk, micro.throttle, root)
+            log(f"  the throttle, reads one at a time: device {thr['throttle_4k_device_ms']:.3f} ms per 4 KB read, "
+                f"{thr['throttle_1m_device_ms']:.3f} ms per 1 MB; {_f(thr['throttle_4k_per_slice'], '{:.0f}')} 4 KB "
+                f"reads and {_f(thr['throttle_1m_per_slice'], '{:.0f}')} 1 MB reads per slice of "
+                f"{_f(thr['throttle_4k_slice_ms'])} ms; sustained {_f(thr['throttle_4k_reads_per_s'], '{:.0f}')} "
+                f"reads/s, {_f(thr['throttle_1m_mb_s'])} MB/s")
+            supported = throttle_supported()
+            hw = disk_hardware(hw, disk, thr, st.disk_iops, st.disk_mb_s, supported)
+            log("  simulated as " + ("the throttle over the device" if supported else
+                                     "a FIFO disk (this simulator's hardware has no throttle)"))
+            disk = {**disk, **thr, "disk_simulated_as": "throttle" if supported else "fifo"}
             server_kw["cgroup_procs"] = [group.procs, blk.procs]
             extra.update(memory_limit_mb=st.memory_limit_mb, disk_directories=st.disk_directories,
                          fileset_mb=round(workload.fileset.total_bytes / 2**20, 1), throttle_iops=st.disk_iops,

@@ -460,3 +460,31 @@ def test_disk_case_replays_the_same_templates_in_its_scenario(tmp_path):
                           Settings(out=str(tmp_path)))
     back = load_scenario(path).workload
     assert back.session_templates == 8000 and back.template_seed == 5 and back.templates()[:3] == w.templates()[:3]
+
+
+def test_throttle_is_read_as_slices_of_reads_at_the_device_speed():
+    """blk-throttle passes a slice's worth of reads at the device's speed and holds the next one until
+    the next slice: from the latencies of reads issued one at a time, the device's time, the reads per
+    slice, the slice and the sustained rate (the device's slow first reads after idle are not waits)."""
+    from calibration.micro import throttle_slices
+    lat = [0.004, 0.004, 0.004] + ([0.00007] * 19 + [0.0913]) * 5 + [0.00007] * 5
+    r = throttle_slices(lat)
+    assert r["device_s"] == pytest.approx(0.00007) and r["per_slice"] == 20 and r["first_run"] == 22
+    assert r["slice_s"] == pytest.approx(0.0913 + 19 * 0.00007)
+    assert r["reads_per_s"] == pytest.approx(20 / (0.0913 + 19 * 0.00007))
+    big = throttle_slices([0.0006, 0.104] * 8)                        # 1 MB reads: two per slice
+    assert big["per_slice"] == 2 and big["slice_s"] == pytest.approx(0.1046)
+    assert throttle_slices([0.0001] * 30)["per_slice"] is None        # no throttle seen
+
+
+def test_disk_case_simulates_the_throttle_when_the_hardware_has_one():
+    """With a throttle in the simulator's hardware the disk case gets the device's own times behind
+    the throttle's limits and measured slice; without, the FIFO disk with micro.disk's figures."""
+    from calibration.validate import disk_hardware
+    hw = {"cores": 1}
+    fifo = {"disk_seek_ms": 4.26258, "disk_mb_s": 19.96421}
+    thr = {"throttle_4k_device_ms": 0.0443, "device_mb_s": 1876.22, "throttle_4k_slice_ms": 96.2}
+    assert disk_hardware(hw, fifo, thr, 200, 20.0, False) == {"cores": 1, "disk_seek_ms": 4.2626, "disk_mb_s": 19.9642}
+    got = disk_hardware(hw, fifo, thr, 200, 20.0, True)
+    assert got == {"cores": 1, "disk_seek_ms": 0.0443, "disk_mb_s": 1876.2, "disk_throttle_iops": 200.0,
+                   "disk_throttle_mb_s": 20.0, "disk_throttle_slice_ms": 96.2}
