@@ -83,7 +83,7 @@ def traced_call_cost(n: int = 20000) -> float:
     """CPU seconds that tracing adds to one call as the servers trace it (the inline pattern of
     real/trace.py's Recorder, sampled at the default rate): the least of 15 batches, on this core."""
     from real.trace import CPU_SAMPLE, OP, Recorder
-    rec = Recorder("bench", 1, CPU_SAMPLE)
+    rec = Recorder("bench", CPU_SAMPLE)
     code = OP["read"] + 100
 
     def batch():
@@ -103,6 +103,72 @@ def traced_call_cost(n: int = 20000) -> float:
     traced = min(timeit.repeat(batch, number=runs, repeat=15, timer=time.thread_time))
     base = min(timeit.repeat(empty, number=runs, repeat=15, timer=time.thread_time))
     return max(0.0, traced - base) / n
+
+
+def conn_method(tmp: str, rounds: int, requests: int = 3000) -> dict:
+    """CPU per request of the shared connection code (real/servers/base.py's Conn: recv, parse, cache
+    lookup, header write, sendfile) on one loopback connection in this process, client included:
+    untraced, traced with every connection recorded (--trace-conns 1), and traced as the servers are
+    by default. No event loop, no other process: what is left is the tracing's own cost, with little
+    noise. Medians of `rounds` alternating runs."""
+    import socket
+    from real import http
+    from real.servers.base import Conn
+    from real.trace import Tracer
+    root = os.path.join(tmp, "conn-root")
+    os.makedirs(root, exist_ok=True)
+    sizes = (1000, 5000, 20000, 60000)
+    for i, size in enumerate(sizes):
+        with open(os.path.join(root, f"f{i}"), "wb") as f:
+            f.write(os.urandom(size))
+    cache = http.FileCache(os.fsencode(root), 64, threads=False)
+    tracers = {"every conn": Tracer(os.path.join(tmp, "every"), "bench", background=False, conn_sample=1.0),
+               "default": Tracer(os.path.join(tmp, "default"), "bench", background=False)}
+    recs = {"off": None, **{k: t.recorder("loop") for k, t in tracers.items()}}
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    reqs = [f"GET /f{i} HTTP/1.1\r\nHost: bench\r\n\r\n".encode() for i in range(len(sizes))]
+
+    def run(rec) -> float:
+        cli = socket.create_connection(lsock.getsockname())
+        srv = lsock.accept()[0]
+        try:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            total = 0.0
+            for k in range(requests // 30):     # a new traced connection every 30 requests
+                conn = Conn(srv, cache, rec, 0.0)
+                t0 = time.thread_time()
+                for i in range(30):
+                    cli.sendall(reqs[i % len(reqs)])
+                    conn.recv(0.0)
+                    while conn.next_reply() is not None and conn.send(0.0):
+                        pass
+                    want = sizes[i % len(sizes)]
+                    got = 0
+                    while got < want:
+                        got += len(cli.recv(1 << 20))
+                total += time.thread_time() - t0
+                conn.rec = None
+            return total / (requests // 30 * 30)
+        finally:
+            cli.close()
+            srv.close()
+
+    out = {k: [] for k in recs}
+    try:
+        for i in range(rounds):
+            for key in (list(recs) if i % 2 == 0 else list(recs)[::-1]):
+                out[key].append(run(recs[key]))
+            for t in tracers.values():
+                t.flush()
+    finally:
+        for t in tracers.values():
+            t.close()
+        lsock.close()
+        cache.close_all()
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def traced_calls(prefix: str) -> int:
@@ -237,9 +303,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-share", type=float, default=0.5,
                     help="share of core 0 the server may use (default 0.5; 1 = the whole core, no cgroup)")
     ap.add_argument("--cpu-period-ms", type=float, default=100.0, help="CFS period of that share (default 100)")
-    ap.add_argument("--method", choices=("cpu", "ladder", "both"), default="cpu",
+    ap.add_argument("--method", choices=("cpu", "ladder", "both", "conn"), default="cpu",
                     help="cpu: alternating runs at FRACTION x the untraced peak, CPU per reply compared "
-                         "(default); ladder: the best sustained rate of a ladder of offered rates; both")
+                         "(default); ladder: the best sustained rate of a ladder of offered rates; both; "
+                         "conn: the connection code alone, in this process (no server, no httperf)")
     ap.add_argument("--fraction", type=float, default=0.65,
                     help="offered rate over the estimated peak (default 0.65: clear of the share's cap, where a "
                          "server is throttled in bursts and its CPU per reply changes regime)")
@@ -257,6 +324,21 @@ def main(argv=None) -> int:
         print("trace_overhead: error: --cpu-share must be in 0.05..1 and --cpu-period-ms in 1..1000",
               file=sys.stderr)
         return 2
+    if args.method == "conn":
+        os.sched_setaffinity(0, {1})
+        tmp = tempfile.mkdtemp(prefix="trace-overhead-")
+        try:
+            r = conn_method(tmp, max(3, args.cpu_rounds * 2))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"{'tracing':<11} {'us/request':>10} {'change':>7}")
+        for key, us in r.items():
+            print(f"{key:<11} {us * 1e6:>10.2f} {us / r['off'] - 1:>+7.1%}")
+        print(f"# conn: CPU per request of the connection code on one loopback connection in this process "
+              f"(client included), medians of {max(3, args.cpu_rounds * 2)} alternating runs; 'every conn' "
+              f"records every connection's calls (--trace-conns 1), 'default' the servers' default share; "
+              f"{loadavg()}")
+        return 0
     for tool in ("httperf", "taskset"):
         if shutil.which(tool) is None:
             print(f"trace_overhead: error: {tool} not found", file=sys.stderr)

@@ -63,6 +63,16 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.001 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share between 0.001 and 1")
+    return v
+
+
 def _port(text: str) -> int:
     try:
         v = int(text)
@@ -101,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open descriptors + headers cached per process (default 512)")
     p.add_argument("--backlog", type=_positive_int, default=1024, help="listen queue length (default 1024)")
     p.add_argument("--trace", metavar="PREFIX", help="write traces to PREFIX.<pid>.trace (see real/trace.py)")
+    p.add_argument("--trace-conns", type=_share, default=None, metavar="SHARE",
+                   help="with --trace: share of the connections whose calls are traced, the rest scaled from "
+                        "them (default 0.125; 1 = every connection, exact counts)")
     return p
+
 
 
 def config_from_args(argv: list[str]) -> Config:
@@ -126,6 +140,10 @@ def config_from_args(argv: list[str]) -> Config:
     cfg = Config(arch=arch, root=a.root, host=a.host, port=a.port, idle_timeout=a.idle_timeout,
                  request_timeout=a.request_timeout or a.idle_timeout, cache_entries=a.cache_entries,
                  backlog=a.backlog, trace=a.trace, **kw)
+    if a.trace_conns is not None:
+        if not a.trace:
+            raise UsageError("--trace-conns needs --trace")
+        cfg.trace_conns = a.trace_conns
     if arch == "sped" and cfg.processes != 1:
         raise UsageError("sped has one process")
     per_process = -(-cfg.max_conns // cfg.processes) if arch in ("symped", "blocking") else cfg.max_conns

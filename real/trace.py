@@ -4,22 +4,32 @@ Switched on by `simrun serve ARCH --trace PREFIX`: each server process writes
 PREFIX.<pid>.trace (one file per process; its threads are merged, each under
 its `role`). The calibration code reads it with `read_trace(path)`.
 
-What is recorded. Every traced call is counted with its units. For a
-pseudo-random sample of calls (probability CPU_SAMPLE, from a cycle of random
-gaps drawn with a fixed seed per thread) the server also takes the wall clock
-(time.perf_counter) and the calling thread's CPU clock (time.thread_time, a
-system call) around the call. Timing every call was the dear part of tracing:
-two clock readings and their bookkeeping cost a traced call as much as the
-interpreter work of a small system call. So an unsampled call costs one C-level
-`next()` on the sample cycle and one float appended to an array of its thread
-(operation and units packed in one); a sampled call appends (code, wall, CPU).
-There is no context manager or closure on the hot path. Each flush aggregates
-the records with numpy per (role, operation, unit bucket), where the bucket of a
-call with u units is u.bit_length() (0 for u = 0, 1 for 1, 2 for 2-3, 3 for 4-7,
-...): count and sums of units and units^2 over all calls, and over the sampled
-calls their count, sums of units and units^2, and sums of wall, wall^2,
-units*wall, CPU, CPU^2 and units*CPU. Per-bucket sums let a fit of fixed +
-per-unit cost use the spread within buckets too.
+What is recorded. Calls that belong to the server's loop (epoll_wait, poll,
+select, accept, epoll_ctl, ult_switch) are all counted with their units. Calls
+made for one connection (read, parse, open/stat, write, sendfile, close, handoff)
+are recorded for a random CONN_SAMPLE of the connections only (`Recorder.pick`,
+when a connection is created); the others run the untraced code, so most of the
+requests pay nothing. The reader scales the sampled connections' counts and unit
+sums by connections seen over connections picked, an unbiased estimate of the
+whole (`Trace.conn_scale`). Counting every call cost tracing a tenth of a small
+server's CPU: a few hundred nanoseconds per call, at five or six calls per
+request of about 40 us (measured on a loopback connection, bench/trace_overhead.py
+--method conn). For a pseudo-random sample of the recorded calls (probability
+CPU_SAMPLE for the loop's calls, CONN_CPU_SAMPLE for a sampled connection's,
+from a cycle of random gaps drawn with a fixed seed) the server
+also takes the wall clock (time.perf_counter) and the calling thread's CPU clock
+(time.thread_time, a system call) around the call. An untimed recorded call
+costs one C-level `next()` on the sample cycle and one float appended to an
+array of its thread (operation and units packed in one); a timed call appends
+(code, wall, CPU). There is no context manager or closure on the hot path. Each
+flush aggregates the records with numpy per (role, operation, unit bucket,
+scaled), where the bucket of a call with u units is u.bit_length() (0 for u = 0,
+1 for 1, 2 for 2-3, 3 for 4-7, ...): count and sums of units and units^2 over
+the recorded calls, and over the timed calls their count, sums of units and
+units^2, and sums of wall, wall^2, units*wall, CPU, CPU^2 and units*CPU.
+Per-bucket sums let a fit of fixed + per-unit cost use the spread within
+buckets too. `--trace-conns 1` records every connection (exact counts, as the
+tests need).
 
 Units are those of OPERATIONS: bytes for read/write/sendfile, descriptors in the
 interest set for poll/select, ready events for epoll_wait, 1 for `call`
@@ -37,17 +47,21 @@ so calibration can compare the traced sum with the whole process's CPU.
 File format (UTF-8 text, tab-separated, written whole to a temporary file and
 renamed, every FLUSH_EVERY seconds and at exit, so it is never half written):
 
-    websim-trace<TAB>2
-    meta<TAB>KEY<TAB>VALUE                    (pid, arch, cpu_sample, started, ...)
+    websim-trace<TAB>3
+    meta<TAB>KEY<TAB>VALUE                    (pid, arch, cpu_sample, conn_sample, conns_seen,
+                                              conns_picked, started, ...)
     times<TAB>WHEN<TAB>MONO<TAB>USER<TAB>SYSTEM   WHEN = start | last | end;
                                               MONO = time.monotonic(); USER, SYSTEM = getrusage
     op<TAB>ROLE<TAB>NAME<TAB>UNIT<TAB>BUCKET<TAB>COUNT<TAB>UNITS<TAB>UNITS2<TAB>WALL<TAB>WALL2<TAB>UNITS_WALL
-      <TAB>CPU_COUNT<TAB>CPU_UNITS<TAB>CPU_UNITS2<TAB>CPU<TAB>CPU2<TAB>UNITS_CPU
+      <TAB>CPU_COUNT<TAB>CPU_UNITS<TAB>CPU_UNITS2<TAB>CPU<TAB>CPU2<TAB>UNITS_CPU<TAB>SCALED
 
-COUNT, UNITS and UNITS2 are over all calls; CPU_COUNT, CPU_UNITS and CPU_UNITS2
-over the sampled calls, and so are WALL, WALL2 and UNITS_WALL in version 2 (in
-version 1, which timed the wall clock of every call, over all calls: read_trace
-reads both, and OpStats.mean_wall divides by the right count). meta wall_bias and
+COUNT, UNITS and UNITS2 are over the recorded calls (as written; SCALED = 1 marks
+the rows of sampled connections, which read_trace multiplies by conns_seen /
+conns_picked); CPU_COUNT, CPU_UNITS and CPU_UNITS2 over the timed calls, and so
+are WALL, WALL2 and UNITS_WALL in versions 2 and 3 (in version 1, which timed
+the wall clock of every call, over all calls; versions 1 and 2 have no SCALED
+column and recorded every call: read_trace reads all three, and
+OpStats.mean_wall divides by the right count). meta wall_bias and
 cpu_bias: what tracing itself adds to each sampled call's wall and CPU seconds,
 measured at start (see measure_bias); subtract them, as Trace.cost() does. Seconds for times; counts as integers, sums as floats written with repr (exact
 round trip). Roles: `loop` (event-loop processes), `conn` (threaded), `green`,
@@ -66,12 +80,13 @@ from dataclasses import dataclass, field
 
 from sim.operations import OPERATION_NAMES, OPERATIONS
 
-FORMAT_VERSION = 2
-CPU_SAMPLE = 0.0625
+FORMAT_VERSION = 3
+CPU_SAMPLE = 0.0625         # timed share of the calls a recorder records
+CONN_SAMPLE = 0.125         # share of the connections whose calls are recorded at all
+CONN_CPU_SAMPLE = 0.25      # timed share of a sampled connection's calls (1/32 of all connections' calls)
 FLUSH_EVERY = 2.0
-# Sampling flags per thread, drawn once and repeated: a prime count, so that no periodic pattern of
-# calls aliases with it, and a small one, since every thread has its own: the threaded server
-# starts 2,000 threads, and 65,521 flags each took 2 ms and 0.5 MB to build, 4 s and 1 GB in all.
+# Sampling flags, drawn once per probability and repeated: a prime count, so that no periodic
+# pattern of calls aliases with it.
 _CYCLE = 4093
 
 _perf = time.perf_counter
@@ -84,6 +99,31 @@ OP: dict[str, float] = {name: i * _SHIFT for i, name in enumerate(OPERATION_NAME
 
 _FIELDS = ("count", "units", "units2", "wall", "wall2", "units_wall",
            "cpu_count", "cpu_units", "cpu_units2", "cpu", "cpu2", "units_cpu")
+
+
+_FLAGS: dict[float, object] = {}
+
+
+def _flags(p: float):
+    """The `__next__` of a repeating cycle of _CYCLE random flags, true with probability p: gaps
+    uniform on 1..2/p-1 (mean 1/p), random so that no periodic pattern of calls can alias with
+    the sampling; a prime cycle length, for the same reason. One cycle per probability, shared by
+    all of a process's recorders: next() on it is atomic under the interpreter lock, and the
+    threaded server starts 2,000 threads (a cycle of its own cost each 32-64 KB)."""
+    nxt = _FLAGS.get(p)
+    if nxt is None:
+        flags = [False] * _CYCLE
+        if p >= 1.0:
+            flags = [True] * _CYCLE
+        elif p > 0:
+            rand = random.Random(round(p * 1e9)).random
+            gap = max(1.0, 2.0 / p - 1.0)
+            i = int(rand() * gap)
+            while i < _CYCLE:
+                flags[i] = True
+                i += 1 + int(rand() * gap)
+        nxt = _FLAGS.setdefault(p, itertools.cycle(flags).__next__)
+    return nxt
 
 
 class Recorder:
@@ -104,28 +144,31 @@ class Recorder:
     appends; the flusher takes whole records from the front, so no lock is needed.
     """
 
-    __slots__ = ("role", "calls", "samples", "n", "s", "sample", "c0")
+    __slots__ = ("role", "calls", "samples", "n", "s", "sample", "c0", "scaled", "conn", "_pick", "seen",
+                 "picked")
 
-    def __init__(self, role: str, seed: int, p: float):
+    def __init__(self, role: str, p: float, scaled: bool = False):
         self.role = role
+        self.scaled = scaled        # records only the sampled connections' calls (see pick())
+        self.conn = self            # the recorder of this thread's sampled connections
+        self._pick = None
+        self.seen = self.picked = 0
         self.calls = array("d")     # code + units of each unsampled call
         self.samples = array("d")   # code + units, wall seconds, CPU seconds of each sampled call
         self.n = self.calls.append
         self.s = self.samples.append
-        # flags with gaps uniform on 1..2/p-1 (mean 1/p), random so that no periodic pattern of
-        # calls can alias with the sampling; a prime cycle length, for the same reason
-        flags = [False] * _CYCLE
-        if p >= 1.0:
-            flags = [True] * _CYCLE
-        elif p > 0:
-            rand = random.Random(seed).random
-            gap = max(1.0, 2.0 / p - 1.0)
-            i = int(rand() * gap)
-            while i < _CYCLE:
-                flags[i] = True
-                i += 1 + int(rand() * gap)
-        self.sample = itertools.cycle(flags).__next__
+        self.sample = _flags(p)
         self.c0 = 0.0
+
+    def pick(self) -> "Recorder | None":
+        """The recorder for a new connection: `conn` if the connection is sampled, else None (its
+        calls then take the untraced path). Counted, so that the reader can scale the sampled
+        connections' sums up to all connections (meta conns_seen / conns_picked)."""
+        self.seen += 1
+        if self._pick is None or self._pick():
+            self.picked += 1
+            return self.conn
+        return None
 
     def begin(self) -> float:
         """Start a sampled call: CPU clock into c0, returns the wall clock."""
@@ -184,9 +227,9 @@ class Recorder:
 _BUCKETS = 64      # key = operation index * _BUCKETS + bucket; buckets run to 41
 
 
-def _aggregate(calls: array, samples: array, into: dict, role: str) -> None:
+def _aggregate(calls: array, samples: array, into: dict, role: str, scaled: bool = False) -> None:
     """Add unsampled (code + units) and sampled (code + units, wall, CPU) records to
-    into[(role, op, bucket)] (the 12 sums of _FIELDS)."""
+    into[(role, op, bucket, scaled)] (the 12 sums of _FIELDS)."""
     import numpy as np
     parts = []
     for records, width in ((calls, 1), (samples, 3)):
@@ -217,7 +260,7 @@ def _aggregate(calls: array, samples: array, into: dict, role: str) -> None:
             sums[i] += np.bincount(key, weights=wgt, minlength=size)
         sums[6] += np.bincount(key, minlength=size)
     for k in keys.tolist():
-        name = (role, OPERATION_NAMES[k // _BUCKETS], k % _BUCKETS)
+        name = (role, OPERATION_NAMES[k // _BUCKETS], k % _BUCKETS, scaled)
         acc = into.get(name)
         if acc is None:
             acc = into[name] = [0.0] * 12
@@ -234,7 +277,7 @@ def measure_bias(n: int = 2000) -> tuple[float, float]:
     walls, cpus = [], []
     code = OP["parse"] + 1
     for _ in range(5):
-        rec = Recorder("bias", 1, 1.0)
+        rec = Recorder("bias", 1.0)
         for _ in range(n // 5):
             t = rec.begin() if rec.sample() else 0.0
             if t:
@@ -252,14 +295,22 @@ class Tracer:
     """One trace file per process; hands out per-thread Recorders and flushes them all."""
 
     def __init__(self, prefix: str, arch: str, flush_every: float = FLUSH_EVERY,
-                 cpu_sample: float = CPU_SAMPLE, background: bool = True):
+                 cpu_sample: float = CPU_SAMPLE, background: bool = True, conn_sample: float = CONN_SAMPLE,
+                 conn_cpu_sample: float = CONN_CPU_SAMPLE):
         self.pid = os.getpid()
         self.path = f"{prefix}.{self.pid}.trace"
         self.arch = arch
         self.cpu_sample = cpu_sample
-        import numpy  # noqa: F401  (imported now, not at the first flush inside a measurement)
+        self.conn_sample = conn_sample
+        self.conn_cpu_sample = conn_cpu_sample if conn_sample < 1.0 else cpu_sample
+        # numpy is imported now, not at the first flush inside a measurement; without its BLAS
+        # thread pool, which would make a one-thread server multi-threaded (the kernel's descriptor
+        # lookups and glibc's malloc then take their atomic paths on every call)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        import numpy  # noqa: F401
         self.recorders: list[Recorder] = []
-        self.totals: dict[tuple[str, str, int], list] = {}
+        self.totals: dict[tuple[str, str, int, bool], list] = {}
         self.lock = threading.Lock()
         self.started = time.time()
         self.wall_bias, self.cpu_bias = measure_bias()
@@ -284,10 +335,21 @@ class Tracer:
         return (time.monotonic(), t.ru_utime, t.ru_stime)
 
     def recorder(self, role: str = "main") -> Recorder:
+        """A thread's recorder. With conn_sample < 1 it comes with `conn`, the recorder of the
+        thread's sampled connections (scaled rows in the file), and `pick()` samples connections."""
         with self.lock:
-            rec = Recorder(role, seed=self.pid * 1000 + len(self.recorders), p=self.cpu_sample)
+            rec = Recorder(role, p=self.cpu_sample)
             self.recorders.append(rec)
+            if self.conn_sample < 1.0:
+                rec.conn = Recorder(role, p=self.conn_cpu_sample, scaled=True)
+                rec._pick = _flags(self.conn_sample)
+                self.recorders.append(rec.conn)
         return rec
+
+    def conns(self) -> tuple[int, int]:
+        """Connections seen and picked (sampled) so far, over all recorders."""
+        recs = list(self.recorders)
+        return sum(r.seen for r in recs), sum(r.picked for r in recs)
 
     def _flusher(self) -> None:
         while not self._stop.wait(self.flush_every):
@@ -302,33 +364,37 @@ class Tracer:
             self.next_flush = now + self.flush_every
             self.flush()
 
-    def _merged(self) -> dict[tuple[str, str, int], list]:
+    def _merged(self) -> dict[tuple[str, str, int, bool], list]:
         """Fold the records taken since the last flush into the running totals."""
         with self.lock:
-            by_role: dict[str, tuple[array, array]] = {}
+            by_role: dict[tuple[str, bool], tuple[array, array]] = {}
             for rec in self.recorders:      # one pass of numpy per role, not per thread (threaded has 2000)
                 if rec.calls or len(rec.samples) > 2:
                     calls, samples = rec.take()
-                    acc = by_role.get(rec.role)
+                    acc = by_role.get((rec.role, rec.scaled))
                     if acc is None:
-                        acc = by_role[rec.role] = (array("d"), array("d"))
+                        acc = by_role[(rec.role, rec.scaled)] = (array("d"), array("d"))
                     acc[0].extend(calls)
                     acc[1].extend(samples)
-            for role, (calls, samples) in by_role.items():
-                _aggregate(calls, samples, self.totals, role)
+            for (role, scaled), (calls, samples) in by_role.items():
+                _aggregate(calls, samples, self.totals, role, scaled)
             return {k: list(v) for k, v in self.totals.items()}
 
     def flush(self, end: bool = False) -> None:
         lines = [f"websim-trace\t{FORMAT_VERSION}",
                  f"meta\tpid\t{self.pid}", f"meta\tarch\t{self.arch}",
-                 f"meta\tcpu_sample\t{self.cpu_sample!r}", f"meta\tstarted\t{self.started!r}",
+                 f"meta\tcpu_sample\t{self.cpu_sample!r}", f"meta\tconn_sample\t{self.conn_sample!r}",
+                 f"meta\tconn_cpu_sample\t{self.conn_cpu_sample!r}", f"meta\tstarted\t{self.started!r}",
                  f"meta\twall_bias\t{self.wall_bias!r}", f"meta\tcpu_bias\t{self.cpu_bias!r}",
                  "meta\twall_of\tsampled"]
+        merged = self._merged()
+        seen, picked = self.conns()       # read after the records they count were taken
+        lines += [f"meta\tconns_seen\t{seen}", f"meta\tconns_picked\t{picked}"]
         lines.append("times\tstart\t" + "\t".join(repr(x) for x in self.t_start))
         lines.append(("times\tend\t" if end else "times\tlast\t") + "\t".join(repr(x) for x in self._times()))
-        for (role, op, b), s in sorted(self._merged().items()):
+        for (role, op, b, scaled), s in sorted(merged.items()):
             vals = [repr(int(x)) if i in (0, 6) else repr(x) for i, x in enumerate(s)]
-            lines.append("\t".join(["op", role, op, OPERATIONS[op][0], str(b)] + vals))
+            lines.append("\t".join(["op", role, op, OPERATIONS[op][0], str(b)] + vals + [str(int(scaled))]))
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
@@ -365,6 +431,7 @@ class OpStats:
     cpu2: float = 0.0
     units_cpu: float = 0.0
     wall_sampled: bool = False    # wall sums over the sampled calls (format 2), not over all (1)
+    scaled: bool = False          # from the sampled connections only; count and units scaled to all (format 3)
 
     @property
     def mean_wall(self) -> float:
@@ -413,6 +480,13 @@ class Trace:
         return out
 
     @property
+    def conn_scale(self) -> float:
+        """Connections over sampled connections (1 when every connection was traced): the factor
+        that read_trace applies to the count (rounded) and unit sums of the sampled connections' rows."""
+        seen, picked = int(self.meta.get("conns_seen", 0)), int(self.meta.get("conns_picked", 0))
+        return seen / picked if picked and seen != picked else 1
+
+    @property
     def wall_bias(self) -> float:
         return float(self.meta.get("wall_bias", 0.0))
 
@@ -441,8 +515,8 @@ def read_trace(path: str) -> Trace:
             try:
                 kind = parts[0]
                 if lineno == 1:
-                    if kind != "websim-trace" or parts[1] not in ("1", "2"):
-                        raise ValueError("not a websim trace of version 1 or 2")
+                    if kind != "websim-trace" or parts[1] not in ("1", "2", "3"):
+                        raise ValueError("not a websim trace of version 1, 2 or 3")
                     version = int(parts[1])
                 elif kind == "meta":
                     tr.meta[parts[1]] = parts[2]
@@ -453,15 +527,26 @@ def read_trace(path: str) -> Trace:
                     if op not in OPERATIONS:
                         raise ValueError(f"unknown operation {op!r}")
                     vals = parts[5:]
+                    scaled = False
+                    if version >= 3:
+                        if vals[-1:] not in (["0"], ["1"]):
+                            raise ValueError("no scaled flag")
+                        scaled = vals.pop() == "1"
                     if len(vals) != len(_FIELDS):
                         raise ValueError("wrong number of fields")
                     nums = {f: (int(v) if f in ("count", "cpu_count") else float(v))
                             for f, v in zip(_FIELDS, vals)}
-                    tr.ops.append(OpStats(role, op, unit, bucket, **nums, wall_sampled=version >= 2))
+                    tr.ops.append(OpStats(role, op, unit, bucket, **nums, wall_sampled=version >= 2,
+                                          scaled=scaled))
                 elif kind:
                     raise ValueError(f"unknown record {kind!r}")
             except (IndexError, ValueError) as e:
                 raise ValueError(f"{path}:{lineno}: bad trace line: {e}") from None
     if "start" not in tr.times:
         raise ValueError(f"{path}: no start times")
+    scale = tr.conn_scale
+    if scale != 1:
+        for st in tr.ops:
+            if st.scaled:       # sums over all calls of the sampled connections, up to all connections
+                st.count, st.units, st.units2 = round(st.count * scale), st.units * scale, st.units2 * scale
     return tr

@@ -89,7 +89,7 @@ def test_trace_records_the_operations(arch, docroot, server_factory, tmp_path):
     root, files = docroot
     prefix = str(tmp_path / "t")
     extra = ["--event", "poll"] if arch == "symped" else []
-    srv = server_factory(arch, root, "--trace", prefix, *extra)
+    srv = server_factory(arch, root, "--trace", prefix, "--trace-conns", "1", *extra)
     for p in ["small.txt", "dir0/file7.html", "dir0/file7.html", "nope"]:
         get(srv.port, "/" + p)
     if arch == "green":     # its trace flushes from a greenlet: the file is rewritten while it serves
@@ -178,9 +178,31 @@ def test_trace_aggregates_exactly(tmp_path):
     assert t.totals()["ult_switch"].count == 1
 
 
+def test_sampled_connections_scale_up_to_all(tmp_path):
+    """With a share of the connections traced, read_trace scales their counts and units by
+    connections seen over picked: exact here, as every connection makes the same calls. The loop's
+    own calls are all recorded and not scaled."""
+    from real.trace import OP, Tracer
+    tr = Tracer(str(tmp_path / "x"), "unit", background=False, conn_sample=0.25)
+    rec = tr.recorder("loop")
+    for _ in range(1000):
+        rec.add(OP["accept"] + 1, rec.start())
+        c = rec.pick()
+        if c is not None:
+            for units in (100, 200, 300):
+                c.add(OP["read"] + units, c.start())
+    tr.close()
+    t = read_trace(tr.path)
+    assert 150 < int(t.meta["conns_picked"]) < 350 and t.meta["conns_seen"] == "1000"
+    tot = t.totals()
+    assert tot["accept"].count == 1000 and not any(s.scaled for s in t.ops if s.op == "accept")
+    assert tot["read"].count == 3000 and tot["read"].units == pytest.approx(600_000)
+    assert 0 < tot["read"].cpu_count < int(t.meta["conns_picked"]) * 3
+
+
 def test_a_recorder_per_thread_stays_small(tmp_path):
-    """The threaded server gives each of its thousands of threads a recorder: each must cost little
-    memory (the sampling flags are per thread), and still sample about CPU_SAMPLE of the calls."""
+    """The threaded server gives each of its thousands of threads a recorder (and one for its sampled
+    connections): each must cost little memory, and still time about CPU_SAMPLE of the calls."""
     import tracemalloc
     from real.trace import CPU_SAMPLE, Tracer
     tr = Tracer(str(tmp_path / "x"), "unit", background=False)
@@ -205,7 +227,7 @@ def test_trace_reader_reads_format_1(tmp_path):
     s = t.ops[0]
     assert (s.count, s.cpu_count, s.wall_sampled) == (4, 1, False) and s.mean_wall == 0.001
     assert t.totals()["read"].mean_wall == 0.001 and s.mean_cpu == 0.0005
-    path.write_text(path.read_text().replace("websim-trace\t1", "websim-trace\t3"))
+    path.write_text(path.read_text().replace("websim-trace\t1", "websim-trace\t4"))
     with pytest.raises(ValueError, match="version"):
         read_trace(str(path))
 

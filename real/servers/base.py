@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from .. import http
-from ..trace import OP, Recorder, Tracer
+from ..trace import CONN_SAMPLE, OP, Recorder, Tracer
 
 RECV_SIZE = 16384
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
@@ -52,6 +52,7 @@ class Config:
     cache_entries: int = 512
     backlog: int = 1024
     trace: str | None = None
+    trace_conns: float = CONN_SAMPLE   # share of the connections whose calls are traced
 
     @property
     def send_timeout(self) -> float:
@@ -112,7 +113,8 @@ class Context:
         self.cfg = cfg
         self.root = os.fsencode(os.path.realpath(cfg.root))
         self.cache = http.FileCache(self.root, cfg.cache_entries, threads=threads)
-        self.tracer = Tracer(cfg.trace, cfg.arch, background=background_flush) if cfg.trace else None
+        self.tracer = (Tracer(cfg.trace, cfg.arch, background=background_flush, conn_sample=cfg.trace_conns)
+                       if cfg.trace else None)
 
     def recorder(self, role: str = "main") -> Recorder | None:
         return self.tracer.recorder(role) if self.tracer is not None else None
@@ -140,21 +142,28 @@ def traced_accept(lsock: socket.socket, rec: Recorder | None):
 class Conn:
     """One client connection: buffered parser state, the reply in progress, deadlines."""
 
-    __slots__ = ("sock", "fd", "parser", "reply", "cache", "rec", "last", "started",
+    __slots__ = ("sock", "fd", "parser", "reply", "cache", "rec", "sampled", "last", "started",
                  "closed", "state", "drain")
 
     def __init__(self, sock: socket.socket, cache: http.FileCache, rec: Recorder | None, now: float):
+        """`rec`: the creating thread's recorder (None when not tracing); the connection records
+        its calls only if `rec.pick()` samples it."""
         self.sock = sock
         self.fd = sock.fileno()
         self.parser = http.Parser()
         self.reply: http.Reply | None = None
         self.cache = cache
-        self.rec = rec
+        self.rec = rec.pick() if rec is not None else None
+        self.sampled = self.rec is not None
         self.last = now          # last byte received or sent
         self.started = 0.0       # when the buffered, incomplete request began (0: none)
         self.closed = False
         self.state = 0           # free for the concurrency model (e.g. which set it is in)
         self.drain = False       # an error reply ends the connection: read what is left first
+
+    def use(self, rec: Recorder | None) -> None:
+        """Record into `rec`'s thread from now on (a connection handed to another thread), if sampled."""
+        self.rec = rec.conn if rec is not None and self.sampled else None
 
     # -- reading -----------------------------------------------------------
     def recv(self, now: float) -> int:

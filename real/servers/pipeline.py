@@ -8,10 +8,10 @@
 4. writers: --writers threads doing non-blocking sendfile; a reply that would
    block goes to stage 3; a finished one sends the connection back to stage 2.
 A connection belongs to one stage at a time; each hand-off is a queue put (traced
-as `handoff`) plus an eventfd write to wake a waiting stage. Each stage has its
-own trace recorder (role accept, read, wselect, writer), and a stage that takes a
-connection points it at that recorder, as a recorder must only be used by the
-thread that owns it.
+as `handoff`, for a sampled connection) plus an eventfd write to wake a waiting
+stage. Each stage has its own trace recorder (role accept, read, wselect,
+writer), and a stage that takes a sampled connection points it at that
+recorder (`Conn.use`), as a recorder must only be used by the thread that owns it.
 """
 from __future__ import annotations
 
@@ -137,13 +137,14 @@ def run(cfg: Config) -> int:
                     time.sleep(0.1)
                 continue
             s.setblocking(False)
-            reader.put(Conn(s, ctx.cache, rec, clock()), rec)
+            c = Conn(s, ctx.cache, rec, clock())
+            reader.put(c, c.rec)
 
     def sweep(stage: Stage, now: float, rec) -> None:
         for c in list(stage.conns.values()):
             e = c.expired(now, idle, reqt)
             if e:
-                c.rec = rec
+                c.use(rec)
                 stage.remove(c)
                 if e == 2:
                     c.send_timeout_reply()
@@ -158,11 +159,11 @@ def run(cfg: Config) -> int:
             for fd, mask in ready:
                 if fd == reader.wake:
                     for c in reader.drain():
-                        c.rec = rec
+                        c.use(rec)
                         # back from the writers: a pipelined request may be buffered already
                         try:
                             if c.next_reply() is not None:
-                                to_writers(c, rec)
+                                to_writers(c, c.rec)
                                 continue
                             reader.add(c)
                         except Exception as e:
@@ -182,7 +183,7 @@ def run(cfg: Config) -> int:
                         continue
                     if c.next_reply() is not None:
                         reader.remove(c)
-                        to_writers(c, rec)
+                        to_writers(c, c.rec)
                 except BlockingIOError:
                     pass
                 except Exception as e:
@@ -203,7 +204,7 @@ def run(cfg: Config) -> int:
             for fd, mask in ready:
                 if fd == wselect.wake:
                     for c in wselect.drain():
-                        c.rec = rec       # a recorder is only ever used by its own thread
+                        c.use(rec)        # a recorder is only ever used by its own thread
                         try:
                             wselect.add(c)
                         except (OSError, ValueError) as e:
@@ -214,7 +215,7 @@ def run(cfg: Config) -> int:
                 c = wselect.conns.get(fd)
                 if c is not None:
                     wselect.remove(c)
-                    to_writers(c, rec)
+                    to_writers(c, c.rec)
             if now >= next_sweep:
                 next_sweep = now + tick
                 sweep(wselect, now, rec)
@@ -226,15 +227,15 @@ def run(cfg: Config) -> int:
                 c = work.get(timeout=tick)
             except queue.Empty:
                 continue
-            c.rec = rec
+            c.use(rec)
             try:
                 close = c.reply.close
                 if not c.send(clock()):
-                    wselect.put(c, rec)
+                    wselect.put(c, c.rec)
                 elif close:
                     finish(c)
                 else:
-                    reader.put(c, rec)
+                    reader.put(c, c.rec)
             except Exception as e:
                 if not isinstance(e, OSError):
                     log(f"connection dropped: {e!r}")
