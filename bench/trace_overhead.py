@@ -2,7 +2,7 @@
 
     python bench/trace_overhead.py [--archs sped,green,...] [--rounds 3] [--duration 5]
                                    [--cpu-share 0.5] [--cpu-period-ms 100]
-                                   [--method cpu|ladder|both] [--fraction 0.8] [--cpu-rounds 5]
+                                   [--method cpu|ladder|both|conn] [--fraction 0.65] [--cpu-rounds 5]
 
 Each architecture runs pinned to core 0 with the knobs of bench/live.py, httperf on
 core 1, on one generated file set in memory, with the sessions of bench/live.py's
@@ -33,8 +33,15 @@ compared. Beside each peak: the server's CPU over the peak run (its process tree
 100 % of its core at its peak was held back by something else than its own work.
 
 Also printed, as a cross-check that other load on the machine cannot move: the
-traced calls per reply (from the traces) times the CPU one traced call adds
-(timed here, on core 1), over the untraced CPU per reply.
+calls recorded per reply (from the traces; only a share of the connections record
+theirs, see real/trace.py) times the CPU one recorded call adds (timed here, on
+core 1, at the loop's timing share), over the untraced CPU per reply.
+
+Conn (`--method conn`): no server and no httperf. The connection code of the
+servers (real/servers/base.py's Conn) answers requests on one loopback
+connection inside this process, untraced, traced with every connection recorded,
+and traced by default; CPU per request, client included. The least noisy view
+of what tracing itself costs, without the event loop and its wake-ups.
 
 With `--cpu-share F` (the default, 0.5) each server runs in a cpu cgroup allowed F of
 its core per `--cpu-period-ms` (100 ms: a long period, so that a thread is seldom
@@ -171,9 +178,18 @@ def conn_method(tmp: str, rounds: int, requests: int = 3000) -> dict:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def traced_calls(prefix: str) -> int:
+def traced_calls(prefix: str) -> tuple[float, float]:
+    """(calls the traces stand for, calls actually recorded): a sampled connection's rows are
+    scaled up to all connections on reading, but only the recorded calls cost anything."""
     from real.trace import read_trace
-    return sum(s.count for p in glob.glob(f"{prefix}.*.trace") for s in read_trace(p).ops if s.op != "ult_switch")
+    calls = recorded = 0.0
+    for path in glob.glob(f"{prefix}.*.trace"):
+        t = read_trace(path)
+        for s in t.ops:
+            if s.op != "ult_switch":
+                calls += s.count
+                recorded += s.count / t.conn_scale if s.scaled else s.count
+    return calls, recorded
 
 
 SHARES: dict = {}      # cgroup.procs path -> the share of the core it allows
@@ -229,11 +245,12 @@ class Ladder:
                 self.run(srv, (good * bad) ** 0.5)
         finally:
             srv.stop()
-        calls = traced_calls(prefix) if prefix else 0
+        calls, recorded = traced_calls(prefix) if prefix else (0.0, 0.0)
         ok = [r for r in self.runs if r["sustained"]]
         peak = max(ok, key=lambda r: r["reply_rps"]) if ok else None
         replies = warm["replies"] + sum(r["replies"] for r in self.runs)
         return {"peak": peak, "calls_per_reply": calls / replies if replies else 0.0,
+                "recorded_per_reply": recorded / replies if replies else 0.0,
                 "us_by_rate": [(round(r["offered_rps"]), r["server_cpu_us_per_reply"]) for r in self.runs
                                if r["sustained"]]}
 
@@ -251,7 +268,9 @@ def at_rate(arch, root, workload, tracing, tmp, rate, duration, seed, log, procs
     finally:
         srv.stop()
     replies = warm["replies"] + r["replies"]
-    r["calls_per_reply"] = traced_calls(prefix) / replies if prefix and replies else 0.0
+    calls, recorded = traced_calls(prefix) if prefix else (0.0, 0.0)
+    r["calls_per_reply"] = calls / replies if replies else 0.0
+    r["recorded_per_reply"] = recorded / replies if replies else 0.0
     log(f"  {arch:<9} tracing {'on ' if tracing else 'off'} offered {rate:>7.0f}/s  "
         f"reply {r['reply_rps']:>7.0f}/s  err {r['errors_pct']:5.2f}%  cpu {r['server_cpu_pct']:>4.0f}% "
         f"{r['server_cpu_us_per_reply']:>5.1f} us/reply  {loadavg()}")
@@ -398,6 +417,7 @@ def main(argv=None) -> int:
                 row["at_change"] = row["at_us_off"] / row["at_us_on"] - 1    # of the capacity
                 row["at_kept_up"] = all(r["sustained"] for t in (False, True) for r in at[t])
                 row["at_calls"] = statistics.median(r["calls_per_reply"] for r in at[True])
+                row["at_recorded"] = statistics.median(r["recorded_per_reply"] for r in at[True])
                 log(f"  {arch}: replies/s off {[round(r['reply_rps']) for r in at[False]]}, "
                     f"on {[round(r['reply_rps']) for r in at[True]]}")
             if not res[False]:
@@ -414,6 +434,7 @@ def main(argv=None) -> int:
                 row[f"cpu_{key}"] = statistics.median(p["server_cpu_pct"] for p in peaks)
                 row[f"us_{key}"] = statistics.median(p["server_cpu_us_per_reply"] for p in peaks)
             row["calls"] = statistics.median(x["calls_per_reply"] for x in res[True])
+            row["recorded"] = statistics.median(x["recorded_per_reply"] for x in res[True])
             # CPU per reply compared at the offered rates both settings sustained (the ladders share them)
             by = {t: {} for t in (False, True)}
             for t in (False, True):
@@ -444,7 +465,7 @@ def main(argv=None) -> int:
                 print(f"{r['arch']:<9} {r.get('error', 'no runs')}")
                 continue
             d = r["at_change"]
-            est = r["at_calls"] * per_call * 1e6 / r["at_us_off"]
+            est = r["at_recorded"] * per_call * 1e6 / r["at_us_off"]
             print(f"{r['arch']:<9} {r['at_off']:>11.0f} {r['at_on']:>10.0f} {r['at_cpu_off']:>8.0f} "
                   f"{r['at_cpu_on']:>8.0f} {r['at_us_off']:>10.1f} {r['at_us_on']:>10.1f} {d:>+8.1%} "
                   f"{r['at_calls']:>9.2f} {est:>+6.1%}  "
@@ -454,8 +475,9 @@ def main(argv=None) -> int:
         print(f"# cpu: medians of {args.cpu_rounds} alternating runs per setting, each on a fresh server offered "
               f"{args.fraction:g} x its untraced peak estimate; replies/s completed, the server's CPU share and "
               f"CPU per reply; capacity = us/rep off / us/rep on - 1, the change of the rate its CPU allows; "
-              f"calls/rep = traced calls per reply; est. = calls/rep x {per_call * 1e9:.0f} ns per traced call "
-              "(timed here) / untraced us/rep, what the calls alone should cost; "
+              f"calls/rep = traced calls per reply (the sampled connections' scaled up); est. = the calls recorded "
+              f"per reply x {per_call * 1e9:.0f} ns per recorded call (timed here) / untraced us/rep, what the "
+              "recording alone should cost; "
               f"server on {where}; {time.monotonic() - t0:.0f} s so far; {loadavg()}")
     if args.method != "cpu":
         print(f"{'arch':<9} {'peak off/s':>10} {'peak on/s':>10} {'change':>7} {'cpu% off':>8} {'cpu% on':>8} "
@@ -466,7 +488,7 @@ def main(argv=None) -> int:
                 continue
             d = r["peak_on"] / r["peak_off"] - 1
             dc = r.get("us_change", r["us_on"] / r["us_off"] - 1)
-            est = r["calls"] * per_call * 1e6 / r["us_off"]
+            est = r["recorded"] * per_call * 1e6 / r["us_off"]
             print(f"{r['arch']:<9} {r['peak_off']:>10.0f} {r['peak_on']:>10.0f} {d:>+7.1%} {r['cpu_off']:>8.0f} "
                   f"{r['cpu_on']:>8.0f} {r['us_off']:>10.1f} {r['us_on']:>10.1f} {dc:>+7.1%} {r['calls']:>9.2f} "
                   f"{est:>+6.1%}  {r['load']:.2f}")
@@ -476,7 +498,8 @@ def main(argv=None) -> int:
               f"reply rate of a ladder of offered rates (step {STEP}, one bisection); cpu% = the server's CPU "
               "share of its core in the peak run; us/rep = its CPU per reply, medians over the offered rates both "
               "settings sustained, change = median of the per-rate ratios; calls/rep = traced calls per reply; "
-              f"est. = calls/rep x {per_call * 1e9:.0f} ns per traced call (timed here) / untraced us/rep; "
+              f"est. = calls recorded per reply x {per_call * 1e9:.0f} ns per recorded call (timed here) / untraced "
+              "us/rep; "
               f"server on {where}; {time.monotonic() - t0:.0f} s in all; {loadavg()}")
     if worst is not None:
         print(f"worst change with tracing on: {worst[0]} {worst[1]:+.1%} "

@@ -22,7 +22,7 @@ also takes the wall clock (time.perf_counter) and the calling thread's CPU clock
 costs one C-level `next()` on the sample cycle and one float appended to an
 array of its thread (operation and units packed in one); a timed call appends
 (code, wall, CPU). There is no context manager or closure on the hot path. Each
-flush aggregates the records with numpy per (role, operation, unit bucket,
+flush aggregates the records (in plain Python) per (role, operation, unit bucket,
 scaled), where the bucket of a call with u units is u.bit_length() (0 for u = 0,
 1 for 1, 2 for 2-3, 3 for 4-7, ...): count and sums of units and units^2 over
 the recorded calls, and over the timed calls their count, sums of units and
@@ -76,6 +76,7 @@ import resource
 import threading
 import time
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sim.operations import OPERATION_NAMES, OPERATIONS
@@ -224,49 +225,41 @@ class Recorder:
         return out[0], out[1]
 
 
-_BUCKETS = 64      # key = operation index * _BUCKETS + bucket; buckets run to 41
-
-
 def _aggregate(calls: array, samples: array, into: dict, role: str, scaled: bool = False) -> None:
-    """Add unsampled (code + units) and sampled (code + units, wall, CPU) records to
-    into[(role, op, bucket, scaled)] (the 12 sums of _FIELDS)."""
-    import numpy as np
-    parts = []
-    for records, width in ((calls, 1), (samples, 3)):
-        if not records:
-            parts.append(None)
-            continue
-        r = np.frombuffer(records, dtype=np.float64).reshape(-1, width)
-        op = np.floor(r[:, 0] / _SHIFT)
-        u = r[:, 0] - op * _SHIFT
-        key = op.astype(np.int64) * _BUCKETS + np.frexp(u)[1]    # frexp's exponent == int(u).bit_length()
-        parts.append((key, u, r))
-    keys = np.unique(np.concatenate([p[0] for p in parts if p is not None])) if any(parts) else []
-    if not len(keys):
-        return
-    size = int(keys[-1]) + 1
-    sums = np.zeros((12, size))
-    for p in parts:
-        if p is None:
-            continue
-        key, u, r = p
-        sums[0] += np.bincount(key, minlength=size)
-        sums[1] += np.bincount(key, weights=u, minlength=size)
-        sums[2] += np.bincount(key, weights=u * u, minlength=size)
-    if parts[1] is not None:
-        key, u, r = parts[1]
-        w, c = r[:, 1], r[:, 2]
-        for i, wgt in ((3, w), (4, w * w), (5, u * w), (7, u), (8, u * u), (9, c), (10, c * c), (11, u * c)):
-            sums[i] += np.bincount(key, weights=wgt, minlength=size)
-        sums[6] += np.bincount(key, minlength=size)
-    for k in keys.tolist():
-        name = (role, OPERATION_NAMES[k // _BUCKETS], k % _BUCKETS, scaled)
+    """Add untimed (code + units) and timed (code + units, wall, CPU) records to
+    into[(role, op, bucket, scaled)] (the 12 sums of _FIELDS). Plain Python, no numpy: the
+    servers do not import it (its import would add tens of MB and, with its BLAS pool, a
+    thread to a one-thread server). Identical codes are counted first, in C."""
+    def slot(code: float) -> tuple[list, float]:
+        op = int(code // _SHIFT)
+        u = code - op * _SHIFT
+        name = (role, OPERATION_NAMES[op], int(u).bit_length(), scaled)
         acc = into.get(name)
         if acc is None:
             acc = into[name] = [0.0] * 12
-        col = sums[:, k]
-        for i in range(12):
-            acc[i] += float(col[i])
+        return acc, u
+
+    for code, n in Counter(calls).items():
+        acc, u = slot(code)
+        acc[0] += n
+        acc[1] += n * u
+        acc[2] += n * u * u
+    it = iter(samples)
+    for code, w, c in zip(it, it, it):
+        acc, u = slot(code)
+        uu = u * u
+        acc[0] += 1
+        acc[1] += u
+        acc[2] += uu
+        acc[3] += w
+        acc[4] += w * w
+        acc[5] += u * w
+        acc[6] += 1
+        acc[7] += u
+        acc[8] += uu
+        acc[9] += c
+        acc[10] += c * c
+        acc[11] += u * c
 
 
 def measure_bias(n: int = 2000) -> tuple[float, float]:
@@ -303,12 +296,6 @@ class Tracer:
         self.cpu_sample = cpu_sample
         self.conn_sample = conn_sample
         self.conn_cpu_sample = conn_cpu_sample if conn_sample < 1.0 else cpu_sample
-        # numpy is imported now, not at the first flush inside a measurement; without its BLAS
-        # thread pool, which would make a one-thread server multi-threaded (the kernel's descriptor
-        # lookups and glibc's malloc then take their atomic paths on every call)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
-        import numpy  # noqa: F401
         self.recorders: list[Recorder] = []
         self.totals: dict[tuple[str, str, int, bool], list] = {}
         self.lock = threading.Lock()
@@ -368,7 +355,7 @@ class Tracer:
         """Fold the records taken since the last flush into the running totals."""
         with self.lock:
             by_role: dict[tuple[str, bool], tuple[array, array]] = {}
-            for rec in self.recorders:      # one pass of numpy per role, not per thread (threaded has 2000)
+            for rec in self.recorders:      # one aggregation per role, not per thread (threaded has 2000)
                 if rec.calls or len(rec.samples) > 2:
                     calls, samples = rec.take()
                     acc = by_role.get((rec.role, rec.scaled))
