@@ -16,8 +16,9 @@ profile, unchanged, at the same offered rates:
                   disk is host-cached), page cache dropped first, then
                   warmed by a run at the lowest rate (the simulator
                   starts with the cache of a long-running server); simulated
-                  with the two-list cache, the cgroup's own idle charge as
-                  footprint, no charge per connection and the device's
+                  with the two-list cache, the cgroup's own charge other
+                  than page cache as footprint (idle, or under load in the
+                  warm-up if larger), no charge per connection and the device's
                   readahead (`disk_inputs`); both sides replay the same
                   8,000 sessions (`--disk-sessions`: as many as eight
                   httperf processes hold), so the two caches see the same
@@ -271,7 +272,8 @@ def live_hardware(profile_hw) -> dict:
             "nic_gbps": profile_hw.nic_gbps, "sndbuf_kb": profile_hw.sndbuf_kb}
 
 
-def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_limit_mb: float):
+def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_limit_mb: float,
+                loaded_kb: float | None = None):
     """The disk case's profile and hardware from the live cgroup's readings.
 
     - the page cache is Linux's two lists (active and inactive), as in the live kernel;
@@ -281,35 +283,72 @@ def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_lim
       memory.limit_in_bytes (and only if its limit is set), so they do not shrink the live cache.
       The server's own state per connection is anonymous memory and is charged; its growth under
       load is measured in the run (`rss_growth_kb` in the report) as a check on this 0;
-    - one readahead window stands for the kernel's ramp under the device's read_ahead_kb.
+    - one readahead window stands for the kernel's ramp under the device's read_ahead_kb;
+    - `loaded_kb`, if given: the charge other than page cache with the server under load (the
+      median over the warm-up run, `ChargeSampler`), which holds the kernel memory the files and
+      connections take (inodes, dentries, sockets: memory.kmem, charged to the group and so not
+      page cache); the footprint is the larger of the two.
     Returns the profile, the hardware and the readings for the report."""
-    footprint_kb = (charge["usage"] - charge["cache"]) / 1024
+    idle_kb = (charge["usage"] - charge["cache"]) / 1024
+    footprint_kb = max(idle_kb, loaded_kb or 0.0)
     window = round(sendfile_readahead_kb(device_ra_kb), 1)
     prof = dataclasses.replace(profile, footprint=dataclasses.replace(
         profile.footprint, process_kb=float(round(footprint_kb)), connection_kb=0.0))
     hw = {**hw, "memory_mb": memory_limit_mb, "kernel_mb": 0.0, "page_cache": "two-list", "disk_readahead_kb": window}
     readings = {"cgroup_usage_kb": round(charge["usage"] / 1024), "cgroup_cache_kb": round(charge["cache"] / 1024),
                 "cgroup_rss_kb": round(charge["rss"] / 1024), "footprint_kb": round(footprint_kb),
+                "footprint_idle_kb": round(idle_kb),
                 "device_read_ahead_kb": device_ra_kb, "disk_readahead_kb": window, "connection_kb": 0.0,
                 "page_cache": "two-list"}
+    if loaded_kb is not None:
+        readings["footprint_loaded_kb"] = round(loaded_kb)
     return prof, hw, readings
 
 
-class RssSampler:
-    """The peak of a memory cgroup's rss while a `with` block runs (sampled every 0.2 s)."""
+def kmem_bytes(group) -> int | None:
+    """The kernel memory charged to a memory cgroup (v1 memory.kmem.usage_in_bytes), if it says."""
+    try:
+        return int(group.read("memory.kmem.usage_in_bytes"))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class ChargeSampler:
+    """A memory cgroup's charge while a `with` block runs, every 0.2 s: the peak of its rss
+    (`peak`), and every sample of its charge other than page cache (usage less cache) and of
+    its kernel memory, whose medians are `noncache_median` and `kmem_median`."""
 
     def __init__(self, group):
         import threading
         self.group, self.peak, self._stop = group, 0, threading.Event()
+        self.noncache, self.kmem = [], []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, memory_charge(self.group)["rss"])
+                c = memory_charge(self.group)
+                self.peak = max(self.peak, c["rss"])
+                self.noncache.append(c["usage"] - c["cache"])
+                k = kmem_bytes(self.group)
+                if k is not None:
+                    self.kmem.append(k)
             except (OSError, CgroupError):
                 pass
             self._stop.wait(0.2)
+
+    @staticmethod
+    def _median(xs):
+        import statistics
+        return statistics.median(xs) if xs else None
+
+    @property
+    def noncache_median(self):
+        return self._median(self.noncache)
+
+    @property
+    def kmem_median(self):
+        return self._median(self.kmem)
 
     def __enter__(self):
         self._thread.start()
@@ -428,6 +467,7 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             time.sleep(0.5)
             if case.setting == "disk":
                 charge = memory_charge(group)
+                profile0, hw0 = profile, hw
                 profile, hw, readings = disk_inputs(profile, hw, charge, read_ahead_kb(root), st.memory_limit_mb)
                 extra.update(server_rss_kb=round(rss_kb(srv.pid)), **readings)
                 log(f"  cgroup charge with the server idle: {readings['footprint_kb']} KB (usage "
@@ -442,10 +482,25 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
             if case.setting == "disk":
                 log("  warming the page cache (not measured)")
-                sweep(srv, workload, rates[:1], st.duration_s, seed=st.seed + 900, log=log)
+                with ChargeSampler(group) as warm:
+                    sweep(srv, workload, rates[:1], st.duration_s, seed=st.seed + 900, log=log)
+                loaded = warm.noncache_median
+                if loaded is not None:
+                    # the footprint under load, for the simulator (the rates stay as the twin chose them)
+                    profile, hw, readings = disk_inputs(profile0, hw0, charge, read_ahead_kb(root),
+                                                        st.memory_limit_mb, loaded / 1024)
+                    kmem = warm.kmem_median
+                    extra.update(readings)
+                    if kmem is not None:
+                        extra["warmup_kmem_kb"] = round(kmem / 1024)
+                    scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
+                    log(f"  charge other than page cache during the warm-up: {readings['footprint_loaded_kb']} KB "
+                        f"(median; kernel memory {extra.get('warmup_kmem_kb', 'n/a')} KB), idle "
+                        f"{readings['footprint_idle_kb']} "
+                        f"KB: footprint {readings['footprint_kb']} KB")
             if case.setting == "disk":
                 reads0, rss0 = reads_serviced(blk), memory_charge(group)["rss"]
-                with RssSampler(group) as sampler:
+                with ChargeSampler(group) as sampler:
                     live = counted_sweep(srv, workload, rates, st, blk)
                 replies = sum(r.get("replies", 0) for r in live)
                 reads = reads_serviced(blk) - reads0
@@ -454,6 +509,10 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
                              live_disk_reads=reads, live_replies=replies,
                              live_reads_per_100_replies=round(100 * reads / replies, 3) if replies else None,
                              cgroup_memory_max_mb=round(int(group.read("memory.max_usage_in_bytes")) / 2**20, 1))
+                for key, v in (("sweep_noncache_median_kb", sampler.noncache_median),
+                               ("sweep_kmem_median_kb", sampler.kmem_median)):
+                    if v is not None:
+                        extra[key] = round(v / 1024)
                 log(f"  measured sweep: {reads} disk reads for {replies} replies; cgroup rss grew by "
                     f"{extra['rss_growth_kb']} KB at most under load")
             else:

@@ -488,3 +488,26 @@ def test_disk_case_simulates_the_throttle_when_the_hardware_has_one():
     got = disk_hardware(hw, fifo, thr, 200, 20.0, True)
     assert got == {"cores": 1, "disk_seek_ms": 0.0443, "disk_mb_s": 1876.2, "disk_throttle_iops": 200.0,
                    "disk_throttle_mb_s": 20.0, "disk_throttle_slice_ms": 96.2}
+
+
+def test_disk_footprint_under_load_counts_the_kernel_memory_of_files_and_sockets(tmp_path):
+    """The charge other than page cache with the server under load (the warm-up's median) is the
+    footprint when it is larger than the idle one: the kernel memory of the opened files and the
+    connections is charged to the group and leaves less for the cache. The sampler keeps every
+    sample of that charge and of memory.kmem."""
+    from calibration.validate import ChargeSampler, kmem_bytes
+    charge = {"usage": 12 * 2**20, "cache": 3 * 2**20, "rss": 9 * 2**20}
+    run = {"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4, "load_avg": 1.0}
+    base = profile_of(demands_of([run]), "bb", Hardware(cores=1, kernel_mb=0.0))
+    prof, _, r = disk_inputs(base, {"cores": 1}, charge, 8192, 64.0, loaded_kb=13 * 1024)
+    assert prof.footprint.process_kb == 13 * 1024 and r["footprint_idle_kb"] == 9 * 1024
+    assert r["footprint_loaded_kb"] == 13 * 1024
+    prof, _, r = disk_inputs(base, {"cores": 1}, charge, 8192, 64.0, loaded_kb=5 * 1024)
+    assert prof.footprint.process_kb == 9 * 1024                  # never below the idle charge
+    group = FakeGroup({"memory.usage_in_bytes": str(20 * 2**20), "memory.kmem.usage_in_bytes": str(3 * 2**20),
+                       "memory.stat": "cache 4194304\nrss 9437184\n"})
+    assert kmem_bytes(group) == 3 * 2**20 and kmem_bytes(FakeGroup({})) is None
+    with ChargeSampler(group) as s:
+        import time
+        time.sleep(0.05)
+    assert s.noncache_median == 16 * 2**20 and s.kmem_median == 3 * 2**20 and s.peak == 9 * 2**20
