@@ -261,15 +261,21 @@ class Disk:
     readahead windows, each a separate request that pays a positioning time
     (sendfile faults pages in as it sends, so the head moves between windows).
 
-    With `indirect` (ext3, the default), a file beyond 12 blocks (48 KB) also costs
-    a positioned read of its indirect block: ext3_get_block reads it synchronously
-    (sb_bread) when readahead maps block 12, before the data past it can be
-    requested. The block sits in the block device's page cache and is touched only
-    when the file's data is read from disk, that is on the file's misses; under the
-    page cache's LRU the file's data was evicted, so everything touched before the
-    data's last hit was evicted first, the indirect block with it. It is therefore
-    read on every miss. (A file system with extents, ext4 on, maps such files from
-    the inode: `indirect=False`.)
+    With `indirect` (ext3, the default), a file beyond 12 blocks (48 KB) costs two
+    more positionings per indirect block. Readahead maps the window's pages one by
+    one (mpage_readpages); at block 12, ext3_get_block reads the indirect block
+    synchronously (sb_bread) before the request holding blocks 0-11 has been sent,
+    since that request is sent only when the next block turns out not to follow it.
+    ext3 allocates the indirect block right after block 11, so the disk first
+    positions for the indirect block, then has to wait for blocks 0-11, which have
+    just passed under the head, to come round again: nearly a full turn (6 ms at
+    10,000 rpm), counted here as one more positioning; blocks 12 on follow the
+    indirect block. The indirect block sits in the block device's page cache and is
+    touched only when the file's data is read from disk, that is on the file's
+    misses; under the page cache's LRU the file's data was evicted, so everything
+    touched before the data's last hit was evicted first, the indirect block with
+    it: it is read on every miss. (A file system with extents, ext4 on, maps such
+    files from the inode: `indirect=False`.)
     """
 
     __slots__ = ("env", "seek", "rate", "window", "free_at", "busy", "reads", "indirect", "meta_reads")
@@ -289,8 +295,8 @@ class Disk:
     def service_time(self, nbytes: float) -> float:
         windows = max(1, -(-int(nbytes) // int(self.window)))
         if self.indirect and nbytes > FS_DIRECT_BLOCKS * FS_BLOCK:
-            meta = indirect_blocks(nbytes)
-            return (windows + meta) * self.seek + (nbytes + meta * FS_BLOCK) / self.rate
+            meta = indirect_blocks(nbytes)    # each: its own read, and the data before it comes round again
+            return (windows + 2 * meta) * self.seek + (nbytes + meta * FS_BLOCK) / self.rate
         return windows * self.seek + nbytes / self.rate
 
     def read(self, file: int, nbytes: float) -> simpy.Event:

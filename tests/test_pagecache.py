@@ -228,14 +228,16 @@ def test_bad_policy_is_a_scenario_error(tmp_path):
 
 
 def test_ext3_reads_an_indirect_block_for_a_file_past_twelve_blocks():
-    """A missed file beyond ext3's 12 direct blocks (48 KB) costs one more positioned read, for its
-    indirect block; past 12 + 1,024 blocks a double-indirect block and a second indirect one."""
+    """A missed file beyond ext3's 12 direct blocks (48 KB) costs two more positionings per indirect
+    block (its own read, then the blocks before it come round again); past 12 + 1,024 blocks a
+    double-indirect block and a second indirect one."""
     seek, rate = 0.005, 50e6
     disk = RealDisk(None, 1, seek, rate, 128 * KB)
     flat = RealDisk(None, 1, seek, rate, 128 * KB, indirect=False)
     assert [indirect_blocks(b) for b in (1, 48 * KB, 48 * KB + 1, 4144 * KB, 4144 * KB + 1)] == [0, 0, 1, 1, 3]
     for nbytes in (1_000, 48 * KB):
         assert disk.service_time(nbytes) == flat.service_time(nbytes) == pytest.approx(seek + nbytes / rate)
-    assert disk.service_time(51_200) == pytest.approx(2 * seek + (51_200 + 4 * KB) / rate)
+    assert disk.service_time(51_200) == pytest.approx(3 * seek + (51_200 + 4 * KB) / rate)
     assert flat.service_time(51_200) == pytest.approx(seek + 51_200 / rate)
-    assert disk.service_time(921_600) - flat.service_time(921_600) == pytest.approx(seek + 4 * KB / rate)
+    assert disk.service_time(921_600) - flat.service_time(921_600) == pytest.approx(2 * seek + 4 * KB / rate)
+    assert disk.service_time(5 * 2**20) - flat.service_time(5 * 2**20) == pytest.approx(6 * seek + 12 * KB / rate)
