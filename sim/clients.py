@@ -175,9 +175,7 @@ class Clients:
                     break
                 at += thinks[j]
             else:
-                continue                    # the session is over
-            if j == 0:
-                continue                    # cannot happen: born before 0
+                continue                    # the session is over (born before 0, j >= 1 below)
             conn = Connection(self.next_id, len(files) - j, born_at)
             self.next_id += 1
             conn.tpl = t
