@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sim.analytic import che_lru_hit_ratio, two_list_hit_ratio, two_list_ratio
-from sim.engine import simulate
+from sim.engine import build, simulate
 from sim.fileset import FileSet
 from sim.hardware import Disk as RealDisk, PageCache, TwoListCache, indirect_blocks
 from sim.scenario import ScenarioError, load_scenario
@@ -241,3 +241,18 @@ def test_ext3_reads_an_indirect_block_for_a_file_past_twelve_blocks():
     assert flat.service_time(51_200) == pytest.approx(seek + 51_200 / rate)
     assert disk.service_time(921_600) - flat.service_time(921_600) == pytest.approx(2 * seek + 4 * KB / rate)
     assert disk.service_time(5 * 2**20) - flat.service_time(5 * 2**20) == pytest.approx(6 * seek + 12 * KB / rate)
+
+
+def test_the_simulated_server_reads_indirect_blocks_on_misses(tmp_path):
+    """The server's disk is ext3's by default: SPED's misses of files past 48 KB read indirect
+    blocks, and each read then takes longer on average than without them."""
+    sc = scenario(tmp_path, "lru")
+    seen = []
+    for indirect in (True, False):
+        env, server, _clients, _ = build(sc, sc.servers[0], 600.0, 0)
+        assert server.disk.indirect
+        server.disk.indirect = indirect
+        env.run(until=3.0)
+        seen.append((server.disk.busy / max(1, server.disk.reads), server.disk.meta_reads))
+    assert seen[0][1] > 0 and seen[1][1] == 0, seen
+    assert seen[0][0] > seen[1][0], seen
