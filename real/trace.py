@@ -248,18 +248,8 @@ def _aggregate(calls: array, samples: array, into: dict, role: str, scaled: bool
     for code, w, c in zip(it, it, it):
         acc, u = slot(code)
         uu = u * u
-        acc[0] += 1
-        acc[1] += u
-        acc[2] += uu
-        acc[3] += w
-        acc[4] += w * w
-        acc[5] += u * w
-        acc[6] += 1
-        acc[7] += u
-        acc[8] += uu
-        acc[9] += c
-        acc[10] += c * c
-        acc[11] += u * c
+        for i, v in enumerate((1, u, uu, w, w * w, u * w, 1, u, uu, c, c * c, u * c)):   # as _FIELDS
+            acc[i] += v
 
 
 def measure_bias(n: int = 2000) -> tuple[float, float]:
