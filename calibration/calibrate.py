@@ -94,6 +94,24 @@ class Calibration:
     unseen: object = None
 
 
+def file_system_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The model's `hardware.file_system` for the file system holding `path`: "ext3" for ext2 and
+    ext3 (indirect blocks), "extents" for the others (ext4, xfs, btrfs, tmpfs with no disk at all)."""
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open(mountinfo, encoding="utf-8") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mount = left.split()[4].replace("\\040", " ")
+                inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, right.split()[0]
+    except (OSError, IndexError):
+        pass
+    return "ext3" if fstype in ("ext2", "ext3") else "extents"
+
+
 def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprint: Footprint, name: str,
                   description: str, event_op: str, softirq: bool = False,
                   event_split: bool = False) -> tuple[Profile, dict]:
@@ -317,6 +335,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     big = max((s.units / s.count for t in traces for s in t.ops if s.op == "sendfile" and s.count), default=65536)
     hardware = Hardware(cores=1, memory_mb=float(info["memory_mb"]), kernel_mb=0.0, nics=1, nic_gbps=40.0,
                         sndbuf_kb=max(16.0, round(big / 1024.0)), listen_backlog=1024,
+                        file_system=file_system_of(disk_dir or root),
                         **{k: round(v, 4) for k, v in hw_extra.items()})
     footprint = Footprint(process_kb=round(footprint_kb), kernel_thread_kb=64.0, user_thread_kb=16.0,
                           connection_kb=8.0)

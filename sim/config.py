@@ -58,6 +58,9 @@ class Hardware:
     page_cache: str = knob("lru", "page cache policy: 'lru', one LRU over whole files, or 'two-list', Linux's "
                            "inactive and active lists (a file touched twice is protected; sim/hardware.py)",
                            choices=("lru", "two-list"))
+    file_system: str = knob("extents", "how the file system maps a file's blocks: 'ext3', through indirect blocks "
+                            "that a missed file past 48 KB reads from disk too, or 'extents' (ext4, xfs, btrfs), "
+                            "from the inode (sim/hardware.py, Disk)", choices=("ext3", "extents"))
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ class Disk:
     readahead windows, each a separate request that pays a positioning time
     (sendfile faults pages in as it sends, so the head moves between windows).
 
-    With `indirect` (ext3, the default), a file beyond 12 blocks (48 KB) costs two
+    With `indirect` (ext3: `hardware.file_system = "ext3"`), a file beyond 12 blocks (48 KB) costs two
     more positionings per indirect block. Readahead maps the window's pages one by
     one (mpage_readpages); at block 12, ext3_get_block reads the indirect block
     synchronously (sb_bread) before the request holding blocks 0-11 has been sent,
@@ -275,7 +275,7 @@ class Disk:
     misses; under the page cache's LRU the file's data was evicted, so everything
     touched before the data's last hit was evicted first, the indirect block with
     it: it is read on every miss. (A file system with extents, ext4 on, maps such
-    files from the inode: `indirect=False`.)
+    files from the inode: `indirect=False`, `file_system = "extents"`.)
     """
 
     __slots__ = ("env", "seek", "rate", "window", "free_at", "busy", "reads", "indirect", "meta_reads")

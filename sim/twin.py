@@ -15,6 +15,7 @@ import models
 
 from .analytic import Demand, che_lru_hit_ratio, saturation_rates, two_list_hit_ratio
 from .config import Scenario, ServerSpec
+from .hardware import Disk
 
 
 def reply_stats(scenario: Scenario) -> tuple[float, float]:
@@ -47,8 +48,9 @@ def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
     miss_p = miss_probabilities(fs, cache_bytes, hw.page_cache)
     disk_s = 0.0
     if miss_p is not None and miss_p.sum() > 0:
-        windows = np.maximum(1, np.ceil(fs.sizes / (hw.disk_readahead_kb * 1024)))
-        service = windows * hw.disk_seek_ms / 1e3 + fs.sizes / (hw.disk_mb_s * 1e6)
+        disk = Disk(None, 1, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
+                    indirect=hw.file_system == "ext3")     # the simulated disk's own service rule
+        service = np.array([disk.service_time(b) for b in fs.sizes.tolist()])
         disk_s = float(miss_p @ service)
     return [
         Demand("cpu", cpu_s / hw.cpu_quota, cpu_servers),   # under a CFS quota a core gives that share

@@ -511,3 +511,17 @@ def test_disk_footprint_under_load_counts_the_kernel_memory_of_files_and_sockets
         import time
         time.sleep(0.05)
     assert s.noncache_median == 16 * 2**20 and s.kmem_median == 3 * 2**20 and s.peak == 9 * 2**20
+
+
+def test_file_system_of_reads_the_mount_holding_the_path(tmp_path):
+    """ext2/ext3 map big files through indirect blocks; the rest (ext4, xfs, tmpfs) through extents
+    or no disk at all: the longest mount point holding the path decides."""
+    from calibration.calibrate import file_system_of
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+                    "30 22 8:2 / /srv/old\\040disk rw,relatime shared:2 - ext3 /dev/sdb1 rw\n"
+                    "31 22 0:5 / /srv rw shared:3 - tmpfs tmpfs rw\n")
+    assert file_system_of("/srv/old disk/www/f", str(info)) == "ext3"
+    assert file_system_of("/srv/old", str(info)) == "extents"
+    assert file_system_of("/home/x", str(info)) == "extents"
+    assert file_system_of("/x", str(tmp_path / "missing")) == "extents"

@@ -178,7 +178,8 @@ def test_approximation_matches_the_simulated_lists(refault):
     assert np.all(est.active <= est.resident + 1e-12) and est.miss.sum() == pytest.approx(1 - est.hit_ratio)
 
 
-def scenario(tmp_path, policy: str):
+def scenario(tmp_path, policy: str, file_system: str | None = None):
+    fs_line = f'file_system = "{file_system}"' if file_system else ""
     (tmp_path / "s.toml").write_text(f"""
 [scenario]
 name = "pc"
@@ -187,6 +188,7 @@ profile = "study-xeon"
 memory_mb = 36
 kernel_mb = 20
 page_cache = "{policy}"
+{fs_line}
 [workload]
 directories = 40
 [run]
@@ -244,14 +246,13 @@ def test_ext3_reads_an_indirect_block_for_a_file_past_twelve_blocks():
 
 
 def test_the_simulated_server_reads_indirect_blocks_on_misses(tmp_path):
-    """The server's disk is ext3's by default: SPED's misses of files past 48 KB read indirect
-    blocks, and each read then takes longer on average than without them."""
-    sc = scenario(tmp_path, "lru")
+    """The study's server is ext3 (study-xeon's `file_system`): SPED's misses of files past 48 KB
+    read indirect blocks, and each read then takes longer on average than with extents."""
     seen = []
-    for indirect in (True, False):
+    for fs in (None, "extents"):
+        sc = scenario(tmp_path, "lru", fs)
         env, server, _clients, _ = build(sc, sc.servers[0], 600.0, 0)
-        assert server.disk.indirect
-        server.disk.indirect = indirect
+        assert server.disk.indirect == (fs is None)
         env.run(until=3.0)
         seen.append((server.disk.busy / max(1, server.disk.reads), server.disk.meta_reads))
     assert seen[0][1] > 0 and seen[1][1] == 0, seen
