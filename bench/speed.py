@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from sim.config import RunControl, Scenario, ServerSpec  # noqa: E402
-from sim.engine import build  # noqa: E402
+from sim.engine import build, gc_paced  # noqa: E402
 from sim.profile import load_profile  # noqa: E402
 from sim.workload import Workload  # noqa: E402
 
@@ -85,9 +85,10 @@ def sim_speed(profile, label, arch, knobs, cores, rate, seconds) -> tuple[float,
     t = time.perf_counter()
     env, _server, clients, _entities = build(sc, spec, rate, 0)
     setup = time.perf_counter() - t
-    env.run(until=seconds / 4)          # past the first instants, into saturation
-    before, t = clients.replies, time.perf_counter()
-    env.run(until=seconds)
+    with gc_paced():                    # as sim/engine.py's simulate() runs
+        env.run(until=seconds / 4)      # past the first instants, into saturation
+        before, t = clients.replies, time.perf_counter()
+        env.run(until=seconds)
     return (clients.replies - before) / (time.perf_counter() - t), setup
 
 
