@@ -55,6 +55,11 @@ class Hardware:
                             min=0.001, max=1.0)
     cpu_period_ms: float = knob(100.0, "CFS period of `cpu_quota` in ms (the kernel's default is 100)",
                                 min=0.1, max=1000)
+    disk_throttle_iops: float = knob(0.0, "blkio read throttle: reads per second (0 = none; then the disk is a FIFO)",
+                                     min=0, max=1e9)
+    disk_throttle_mb_s: float = knob(0.0, "blkio read throttle: MB per second", min=0, max=1e9)
+    disk_throttle_slice_ms: float = knob(100.0, "blkio throttle slice: each slice allows iops and bytes for its length",
+                                         min=1, max=1000)
     page_cache: str = knob("lru", "page cache policy: 'lru', one LRU over whole files, or 'two-list', Linux's "
                            "inactive and active lists (a file touched twice is protected; sim/hardware.py)",
                            choices=("lru", "two-list"))

@@ -312,6 +312,65 @@ class Disk:
         return self.env.timeout(end - now)
 
 
+class ThrottledDisk(Disk):
+    """A fast disk behind Linux's blkio read throttle (blk-throttle), as the disk case runs it.
+
+    The throttle is a rate limit, not a service time: each slice (100 ms on a rotational
+    queue) allows iops x slice reads and bps x slice bytes; a read within what is left of
+    the slice goes to the device at once and takes the device's own time (seek_s plus
+    bytes at bytes_per_s); a read beyond it waits, in order, for the next slice. After an
+    idle slice a new one starts at the next read. Every readahead window of a missed
+    file is one read, queued together. `busy` is the share of the limits used (of reads or
+    of bytes, whichever is more)."""
+
+    __slots__ = ("cap_ios", "cap_bytes", "slice", "anchor", "used_ios", "used_bytes", "last", "iops", "bps",
+                 "bytes")
+
+    def __init__(self, env, disks, seek_s, bytes_per_s, readahead_bytes, iops, bps, slice_s):
+        super().__init__(env, disks, seek_s, bytes_per_s, readahead_bytes, indirect=False)
+        self.iops, self.bps, self.slice = iops, bps, slice_s
+        self.cap_ios, self.cap_bytes = iops * slice_s, bps * slice_s
+        self.anchor, self.used_ios, self.used_bytes, self.last = -1e18, 0.0, 0.0, 0.0
+        self.bytes = 0.0
+
+    def _dispatch(self, t: float, nbytes: float) -> float:
+        """When a read of `nbytes` submitted at `t` leaves the throttle (after those before it).
+
+        As blk-throttle: the slice started at `anchor` allows cap x (elapsed slices, rounded up)
+        since then; whole slices that have passed are trimmed off with their allowance (what was
+        not used is lost, what was overdrawn stays owed); a group that owes nothing starts afresh."""
+        t = max(t, self.last)
+        k = int((t - self.anchor) // self.slice)
+        if k > 0:
+            self.anchor += k * self.slice
+            self.used_ios = max(0.0, self.used_ios - k * self.cap_ios)
+            self.used_bytes = max(0.0, self.used_bytes - k * self.cap_bytes)
+            if self.used_ios == 0.0 and self.used_bytes == 0.0:
+                self.anchor = t
+        self.used_ios += 1
+        self.used_bytes += nbytes
+        n = max(1, math.ceil(self.used_ios / self.cap_ios - 1e-12), math.ceil(self.used_bytes / self.cap_bytes - 1e-12))
+        t = max(t, self.anchor + (n - 1) * self.slice)
+        self.last = t
+        return t
+
+    def read(self, file: int, nbytes: float) -> simpy.Event:
+        now = self.env.now
+        left, end = nbytes, now
+        while True:
+            b = min(left, self.window)
+            t = self._dispatch(now, b)
+            end = max(end, t + self.seek + b / self.rate)
+            self.reads += 1
+            self.bytes += b
+            left -= b
+            if left <= 0:
+                break
+        # the share of the limits used: of reads or of bytes, whichever is more
+        self.busy = max(self.reads / self.iops, self.bytes / self.bps if self.bps else 0.0)
+        return self.env.timeout(end - now)
+
+
 class PageCache:
     """An LRU over whole files, sized as memory less the kernel and the servers' footprint.
 

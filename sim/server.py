@@ -13,7 +13,7 @@ import simpy
 
 from .config import Hardware, Profile
 from .operations import OPTIONAL_OPERATIONS, Cost
-from .hardware import CPU, Disk, Link, page_cache
+from .hardware import CPU, Disk, Link, ThrottledDisk, page_cache
 
 
 class Costs:
@@ -77,8 +77,13 @@ class Server:
         self.sizes = fileset.sizes.tolist()   # plain ints: indexing a list is cheaper than an array
         self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed, hw.cpu_quota, hw.cpu_period_ms / 1e3)
         self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
-        self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
-                         indirect=hw.file_system == "ext3")
+        if hw.disk_throttle_iops > 0:
+            self.disk = ThrottledDisk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6,
+                                      hw.disk_readahead_kb * 1024, hw.disk_throttle_iops,
+                                      hw.disk_throttle_mb_s * 1e6, hw.disk_throttle_slice_ms / 1e3)
+        else:
+            self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
+                             indirect=hw.file_system == "ext3")
         self.cache = page_cache(env, self.disk, hw)
         self.sndbuf = hw.sndbuf_kb * 1024
         self.backlog: deque = deque()

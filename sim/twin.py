@@ -47,7 +47,12 @@ def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
     cache_bytes = max(0.0, (hw.memory_mb - hw.kernel_mb) * 2**20 - footprint_kb * 1024)
     miss_p = miss_probabilities(fs, cache_bytes, hw.page_cache)
     disk_s = 0.0
-    if miss_p is not None and miss_p.sum() > 0:
+    if miss_p is not None and miss_p.sum() > 0 and hw.disk_throttle_iops > 0:
+        # a rate limit on reads and on bytes: whichever a request's expected misses use more of
+        windows = np.maximum(1, np.ceil(fs.sizes / (hw.disk_readahead_kb * 1024)))
+        disk_s = max(float(miss_p @ windows) / hw.disk_throttle_iops,
+                     float(miss_p @ fs.sizes) / (hw.disk_throttle_mb_s * 1e6))
+    elif miss_p is not None and miss_p.sum() > 0:
         disk = Disk(None, 1, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
                     indirect=hw.file_system == "ext3")     # the simulated disk's own service rule
         service = np.array([disk.service_time(b) for b in fs.sizes.tolist()])
