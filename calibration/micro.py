@@ -19,6 +19,7 @@ Each returns the median of a few batches: the machine may be shared.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import queue
@@ -83,15 +84,16 @@ def handoff_s(rounds: int = 3000, batches: int = 3) -> float:
     return statistics.median(results)
 
 
-def disk(path_dir: str, size_mb: int = 128, random_reads: int = 200, seq_mb: int = 64, seed: int = 1) -> dict:
-    """Positioning time (ms) and bandwidth (MB/s) of the disk holding `path_dir`, with O_DIRECT reads.
+BLOCK = 1 << 20
 
-    Writes a scratch file of `size_mb` there (removed afterwards)."""
-    import random
-    path = os.path.join(path_dir, f".disk-probe-{os.getpid()}")
-    block = 1 << 20
-    buf = mmap.mmap(-1, block)                       # page-aligned, as O_DIRECT needs
-    buf.write(os.urandom(4096) * (block // 4096))
+
+@contextlib.contextmanager
+def _scratch(path_dir: str, name: str, size_mb: int):
+    """A scratch file of `size_mb` in `path_dir`, written and synced, open with O_DIRECT (removed
+    afterwards): yields its descriptor and a page-aligned 1 MB buffer, as O_DIRECT needs."""
+    path = os.path.join(path_dir, f".{name}-{os.getpid()}")
+    buf = mmap.mmap(-1, BLOCK)
+    buf.write(os.urandom(4096) * (BLOCK // 4096))
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -102,18 +104,7 @@ def disk(path_dir: str, size_mb: int = 128, random_reads: int = 200, seq_mb: int
             os.close(fd)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         try:
-            rng = random.Random(seed)
-            small = mmap.mmap(-1, 4096)
-            t0 = time.perf_counter()
-            for _ in range(random_reads):
-                off = rng.randrange(size_mb * 256) * 4096
-                os.preadv(fd, [small], off)
-            rand_s = (time.perf_counter() - t0) / random_reads
-            t0 = time.perf_counter()
-            n = min(seq_mb, size_mb)
-            for i in range(n):
-                os.preadv(fd, [buf], i * block)
-            seq_s = time.perf_counter() - t0
+            yield fd, buf
         finally:
             os.close(fd)
     finally:
@@ -121,6 +112,26 @@ def disk(path_dir: str, size_mb: int = 128, random_reads: int = 200, seq_mb: int
             os.unlink(path)
         except OSError:
             pass
+
+
+def disk(path_dir: str, size_mb: int = 128, random_reads: int = 200, seq_mb: int = 64, seed: int = 1) -> dict:
+    """Positioning time (ms) and bandwidth (MB/s) of the disk holding `path_dir`, with O_DIRECT reads.
+
+    Writes a scratch file of `size_mb` there (removed afterwards)."""
+    import random
+    with _scratch(path_dir, "disk-probe", size_mb) as (fd, buf):
+        rng = random.Random(seed)
+        small = mmap.mmap(-1, 4096)
+        t0 = time.perf_counter()
+        for _ in range(random_reads):
+            off = rng.randrange(size_mb * 256) * 4096
+            os.preadv(fd, [small], off)
+        rand_s = (time.perf_counter() - t0) / random_reads
+        t0 = time.perf_counter()
+        n = min(seq_mb, size_mb)
+        for i in range(n):
+            os.preadv(fd, [buf], i * BLOCK)
+        seq_s = time.perf_counter() - t0
     mb_s = n / seq_s if seq_s > 0 else 1e5
     # a random 4 KB read is positioning plus 4 KB of transfer
     seek_ms = max(0.0, rand_s - 4096 / (mb_s * 1e6)) * 1e3
@@ -165,45 +176,25 @@ def throttle(path_dir: str, size_mb: int = 64, small_reads: int = 100, large_rea
     the limit on bytes), after `idle_s` idle, `throttle_slices` of their latencies. Writes a scratch
     file of `size_mb` (removed afterwards)."""
     import random
-    path = os.path.join(path_dir, f".throttle-probe-{os.getpid()}")
-    block = 1 << 20
-    buf = mmap.mmap(-1, block)
-    buf.write(os.urandom(4096) * (block // 4096))
     out = {}
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for _ in range(size_mb):
-                os.write(fd, buf)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        try:
-            rng = random.Random(seed)
-            small = mmap.mmap(-1, 4096)
-            for name, n, target, span in (("4k", small_reads, small, 4096), ("1m", large_reads, buf, block)):
-                time.sleep(idle_s)
-                lat = []
-                for _ in range(n):
-                    off = rng.randrange(size_mb * block // span) * span
-                    t0 = time.perf_counter()
-                    os.preadv(fd, [target], off)
-                    lat.append(time.perf_counter() - t0)
-                r = throttle_slices(lat)
-                out[f"throttle_{name}_device_ms"] = r["device_s"] * 1e3
-                out[f"throttle_{name}_first_run"] = r["first_run"]
-                out[f"throttle_{name}_per_slice"] = r["per_slice"]
-                out[f"throttle_{name}_slice_ms"] = None if r["slice_s"] is None else r["slice_s"] * 1e3
-                out[f"throttle_{name}_reads_per_s"] = r["reads_per_s"]
-        finally:
-            os.close(fd)
-    finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    with _scratch(path_dir, "throttle-probe", size_mb) as (fd, buf):
+        rng = random.Random(seed)
+        small = mmap.mmap(-1, 4096)
+        for name, n, target, span in (("4k", small_reads, small, 4096), ("1m", large_reads, buf, BLOCK)):
+            time.sleep(idle_s)
+            lat = []
+            for _ in range(n):
+                off = rng.randrange(size_mb * BLOCK // span) * span
+                t0 = time.perf_counter()
+                os.preadv(fd, [target], off)
+                lat.append(time.perf_counter() - t0)
+            r = throttle_slices(lat)
+            out[f"throttle_{name}_device_ms"] = r["device_s"] * 1e3
+            out[f"throttle_{name}_first_run"] = r["first_run"]
+            out[f"throttle_{name}_per_slice"] = r["per_slice"]
+            out[f"throttle_{name}_slice_ms"] = None if r["slice_s"] is None else r["slice_s"] * 1e3
+            out[f"throttle_{name}_reads_per_s"] = r["reads_per_s"]
     r1 = out["throttle_1m_reads_per_s"]
-    out["throttle_1m_mb_s"] = None if r1 is None else r1 * block / 1e6
-    out["device_mb_s"] = block / 1e6 / (out["throttle_1m_device_ms"] / 1e3)
+    out["throttle_1m_mb_s"] = None if r1 is None else r1 * BLOCK / 1e6
+    out["device_mb_s"] = BLOCK / 1e6 / (out["throttle_1m_device_ms"] / 1e3)
     return out
