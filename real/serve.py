@@ -117,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def config_from_args(argv: list[str]) -> Config:
     a = build_parser().parse_args(argv)
     arch = a.arch

@@ -138,6 +138,8 @@ def test_trace_records_the_operations(arch, docroot, server_factory, tmp_path):
     (["pipeline", "--root", ".", "--writers", "x"], "not an integer"),
     (["symped", "--root", ".", "--writers", "3"], "does not apply"),
     (["green", "--root", ".", "--trace", "/nonexistent/dir/t"], "does not exist"),
+    (["sped", "--root", ".", "--trace", "t", "--trace-conns", "2"], "a share between"),
+    (["sped", "--root", ".", "--trace-conns", "0.5"], "needs --trace"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, fragment, capsys):
     from real.serve import main
