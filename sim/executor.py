@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import socket
+import threading
 from collections import deque
 from typing import NamedTuple
 
@@ -118,11 +119,29 @@ class LocalExecutor:
             raise got
         return got
 
+    CLOSE_GRACE_S = 20.0
+
     def close(self):
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """End the workers. The pool sends each a SIGTERM and waits for them; a worker that outlives
+        it (seen once: `simrun validate --quick` waited forever on a worker idle on the task queue's
+        lock, the cause not found) is killed after CLOSE_GRACE_S, so that closing cannot hang."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        closed = threading.Event()
+
+        def watchdog():
+            if not closed.wait(self.CLOSE_GRACE_S):
+                for p in list(getattr(pool, "_pool", ())):     # the pool's worker processes
+                    if p.exitcode is None:
+                        p.kill()
+
+        threading.Thread(target=watchdog, name="pool-close-watchdog", daemon=True).start()
+        try:
+            pool.terminate()
+            pool.join()
+        finally:
+            closed.set()
 
 
 # ---------------------------------------------------------------- Dask

@@ -11,6 +11,7 @@ over independent replications.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -157,3 +158,30 @@ def test_cpu_quota_throttles_bursts_to_the_period_share():
     env.process(job())
     env.run()
     assert ends == [0.08, 0.09, 0.12]
+
+
+def _deaf_worker_init():
+    """A worker that outlives the pool's SIGTERM, busy (as in a long run) so that it cannot see
+    the pool's end-of-work sentinel either."""
+    import signal
+    import time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+
+
+def test_closing_the_local_pool_cannot_hang_on_a_worker(monkeypatch):
+    """A worker that does not die of the pool's SIGTERM is killed after the grace time (the pool
+    alone would wait for it a minute here, forever in the case this guards against)."""
+    import time
+    from sim import executor
+    monkeypatch.setattr(executor, "_worker_init", _deaf_worker_init)
+    ex = executor.LocalExecutor(2)
+    ex.CLOSE_GRACE_S = 1.0
+    ex.open([])
+    pids = [p.pid for p in ex._pool._pool]
+    time.sleep(0.3)                   # the workers have ignored SIGTERM by now
+    t = time.monotonic()
+    ex.close()
+    assert time.monotonic() - t < 15
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
