@@ -148,11 +148,12 @@ class Recorder:
     __slots__ = ("role", "calls", "samples", "n", "s", "sample", "c0", "scaled", "conn", "_pick", "seen",
                  "picked")
 
-    def __init__(self, role: str, p: float, scaled: bool = False):
+    def __init__(self, role: str, p: float, scaled: bool = False, conn_p: float = 1.0):
+        """p: the timed share of its calls; conn_p: the share of the connections that `pick` samples."""
         self.role = role
         self.scaled = scaled        # records only the sampled connections' calls (see pick())
         self.conn = self            # the recorder of this thread's sampled connections
-        self._pick = None
+        self._pick = _flags(conn_p) if conn_p < 1.0 else None
         self.seen = self.picked = 0
         self.calls = array("d")     # code + units of each unsampled call
         self.samples = array("d")   # code + units, wall seconds, CPU seconds of each sampled call
@@ -315,11 +316,10 @@ class Tracer:
         """A thread's recorder. With conn_sample < 1 it comes with `conn`, the recorder of the
         thread's sampled connections (scaled rows in the file), and `pick()` samples connections."""
         with self.lock:
-            rec = Recorder(role, p=self.cpu_sample)
+            rec = Recorder(role, p=self.cpu_sample, conn_p=self.conn_sample)
             self.recorders.append(rec)
             if self.conn_sample < 1.0:
                 rec.conn = Recorder(role, p=self.conn_cpu_sample, scaled=True)
-                rec._pick = _flags(self.conn_sample)
                 self.recorders.append(rec.conn)
         return rec
 

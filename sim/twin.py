@@ -55,7 +55,8 @@ def demands(scenario: Scenario, spec: ServerSpec) -> list[Demand]:
     elif miss_p is not None and miss_p.sum() > 0:
         disk = Disk(None, 1, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
                     indirect=hw.file_system == "ext3")     # the simulated disk's own service rule
-        service = np.array([disk.service_time(b) for b in fs.sizes.tolist()])
+        sizes, which = np.unique(fs.sizes, return_inverse=True)    # a few dozen distinct sizes
+        service = np.array([disk.service_time(b) for b in sizes.tolist()])[which]
         disk_s = float(miss_p @ service)
     return [
         Demand("cpu", cpu_s / hw.cpu_quota, cpu_servers),   # under a CFS quota a core gives that share
