@@ -359,6 +359,71 @@ def drivers(f: Finding, rows: dict) -> str:
     return "\n".join("      " + p for p in parts)
 
 
+# ---------------------------------------------------------------- the poll probe
+
+def poll_probe(scenario, cfgs: list[Config], rate: float) -> dict[str, dict]:
+    """Poll's share of the CPU in the userver configurations, which the runner's metrics do not give.
+
+    Runs each configuration's first replication in this process (the same seeds as the
+    sweep's, so the same run) with the userver's readiness-call cost function wrapped to
+    count what it charges; the wrapper returns the same cost, so nothing changes. Counts
+    are over the measured window: calls per second over all processes, descriptors
+    watched and returned ready per call (each including the listen socket), and the CPU
+    they cost as a share of the CPU busy and per reply."""
+    from sim import engine
+    from models import sped
+
+    original = sped.event_cost
+    acc = [0, 0, 0, 0.0]          # calls, watched, ready, cpu seconds
+
+    def counting(c, mechanism, watched, ready):
+        cost = original(c, mechanism, watched, ready)
+        acc[0] += 1
+        acc[1] += watched
+        acc[2] += ready
+        acc[3] += cost
+        return cost
+
+    run = scenario.run
+    out = {}
+    sped.event_cost = counting
+    try:
+        for cfg in cfgs:
+            if cfg.architecture != "symped":
+                continue
+            print(f"section4: poll probe {cfg.label} @ {rate:,.0f}", file=sys.stderr, flush=True)
+            env, server, clients, _entities = engine.build(scenario, cfg.spec(), rate, 0)
+            with engine.gc_paced():
+                env.run(until=run.warmup_s)
+                before, busy0 = list(acc), server.cpu.busy
+                env.run(until=run.warmup_s + run.duration_s)
+            calls, watched, ready, cpu = (a - b for a, b in zip(acc, before))
+            busy = server.cpu.busy - busy0
+            replies = len(clients.response)
+            out[cfg.label] = {
+                "calls_per_s": calls / run.duration_s,
+                "watched_per_call": watched / calls if calls else math.nan,
+                "ready_per_call": ready / calls if calls else math.nan,
+                "poll_cpu_pct": 100.0 * cpu / busy if busy else math.nan,
+                "poll_us_per_reply": 1e6 * cpu / replies if replies else math.nan,
+                "reply_rps": replies / run.duration_s,
+            }
+    finally:
+        sped.event_cost = original
+    return out
+
+
+def probe_report(probe: dict, rate: float) -> str:
+    lines = [f"poll probe at {rate:,.0f} req/s (the userver's poll calls over the measured window; "
+             "watched and ready include the listen socket)",
+             f"{'configuration':<26}{'calls/s':>9}{'watched':>9}{'ready':>8}{'poll % cpu':>11}{'us/reply':>9}"
+             f"{'replies/s':>10}"]
+    for lab, p in probe.items():
+        lines.append(f"{lab:<26}{p['calls_per_s']:>9,.1f}{p['watched_per_call']:>9,.0f}{p['ready_per_call']:>8,.0f}"
+                     f"{p['poll_cpu_pct']:>11.2f}{p['poll_us_per_reply']:>9.2f}{p['reply_rps']:>10,.0f}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- report
 
 def sweep_report(name: str, rows: dict, level: dict, rates) -> str:
@@ -431,6 +496,9 @@ def parse_args(argv):
     ap.add_argument("--cache", metavar="DIR", help="keep replications in this result cache and reuse them")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write tables and verdicts as JSON here (atomically)")
+    ap.add_argument("--poll-probe", action="store_true",
+                    help="instead of the sweeps, count the userver's poll calls and their CPU at the first rate, "
+                         "one configuration at a time in this process")
     return ap.parse_args(argv)
 
 
@@ -488,6 +556,19 @@ def main(argv=None) -> int:
         d = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(d):
             return err(f"--json {args.json!r}: no folder {d}")
+
+    if args.poll_probe:
+        t = time.monotonic()
+        probe = poll_probe(scenario, cfgs, rates[0])
+        if not probe:
+            return err("--poll-probe: the sweeps chosen have no userver configuration")
+        print(probe_report(probe, rates[0]))
+        print(f"\nwall time {time.monotonic() - t:.0f} s in this process")
+        if args.json:
+            doc = {"scenario": SCENARIO, "rate": rates[0], "warmup_s": scenario.run.warmup_s,
+                   "duration_s": scenario.run.duration_s, "poll_probe": probe}
+            write_text(args.json, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
+        return 0
 
     from sim.runner import run_scenario
     cache = None
