@@ -274,8 +274,10 @@ MECH_COLUMNS = (  # (key, heading, width, format)
     ("conns_per_entity", "conn/p", 7, ",.0f"),
     ("cpu_util", "cpu", 5, ".0%"),
     ("blocked_pct", "blocked", 7, ".1f"),
+    ("blocked_n", "blk n", 6, ".2f"),
     ("disk_util", "disk", 5, ".0%"),
     ("cache_hit_pct", "hit %", 6, ".2f"),
+    ("app_hit_pct", "app %", 6, ".1f"),
     ("page_cache_mb", "pgcache", 7, ",.0f"),
     ("errors_pct", "err %", 6, ".2f"),
     ("ctx_switches_per_s", "ctx/s", 7, ",.0f"),
@@ -297,35 +299,56 @@ def page_cache_mb(scenario, cfg: Config, conns_mean: float) -> float:
             - conns_mean * prof.footprint.connection_kb / 1024)
 
 
-def entities_of(cfg: Config) -> int:
-    """The model's schedulable entities sharing the connections (userver processes; one Capriccio
-    thread; WatPipe's read stage)."""
+def entities_of(cfg: Config) -> tuple[int, int]:
+    """The model's schedulable entities: (all of them, those sharing the connections' descriptors).
+    Knot: the Capriccio thread and its workers (the one thread holds every descriptor); the userver:
+    its processes; WatPipe: its three stage threads and its writers (the read stage holds the set)."""
     k = dict(cfg.knobs)
-    return int(k.get("processes", 1)) if cfg.architecture == "symped" else 1
+    if cfg.architecture == "knot":
+        return 1 + int(k["workers"]), 1
+    if cfg.architecture == "symped":
+        return int(k["processes"]), int(k["processes"])
+    return 3 + int(k["writers"]), 1
 
 
-def mechanism_row(scenario, cfg: Config, point) -> dict:
-    m = {k: e.mean for k, e in point.metrics.items()}
-    conns = m.get("conns_mean", math.nan)
-    return {
-        "throughput_mbps": m.get("throughput_mbps", math.nan),
-        "throughput_hw": point.metrics["throughput_mbps"].halfwidth,
-        "conns_mean": conns,
-        "conns_of_limit": conns / cfg.limit,
-        "conns_per_entity": conns / entities_of(cfg),
-        "cpu_util": m.get("cpu_util", math.nan),
-        "blocked_pct": m.get("blocked_pct", math.nan),
-        "disk_util": m.get("disk_util", math.nan),
-        "cache_hit_pct": m.get("cache_hit_pct", math.nan),
-        "page_cache_mb": page_cache_mb(scenario, cfg, conns),
-        "errors_pct": m.get("errors_pct", math.nan),
-        "timeouts_pct": m.get("timeouts_pct", math.nan),
-        "refused_pct": m.get("refused_pct", math.nan),
-        "response_ms_mean": m.get("response_ms_mean", math.nan),
-        "ctx_switches_per_s": m.get("ctx_switches_per_s", math.nan),
-        "bound_disk_rps": point.bounds.get("disk", math.inf),
-        "bound_cpu_rps": point.bounds.get("cpu", math.inf),
-    }
+def app_cache_hit_pct(scenario, cfg: Config) -> float:
+    """knot-c's application-cache hit ratio by Che's approximation for its LRU over whole files
+    (header + data), as the model warms it; nan for the others. The runner's cache_hit_pct is the
+    page cache's, which under knot-c sees only the application cache's misses."""
+    k = dict(cfg.knobs)
+    if k.get("variant") != "knot-c":
+        return math.nan
+    from sim.analytic import che_lru_hit_ratio
+    wl = scenario.workload
+    fs = wl.fileset
+    hit = che_lru_hit_ratio(fs.probabilities, (fs.sizes + wl.header_bytes).astype(float), k["cache_mb"] * 2**20)
+    return 100.0 * hit.hit_ratio
+
+
+RAW = ("throughput_mbps", "conns_mean", "cpu_util", "blocked_pct", "disk_util", "cache_hit_pct", "errors_pct",
+       "timeouts_pct", "refused_pct", "response_ms_mean", "ctx_switches_per_s", "reply_rps")
+
+
+def raw_row(point) -> dict:
+    """What the runner gives for one point (means), its throughput half-width and the twin's bounds."""
+    row = {k: point.metrics[k].mean if k in point.metrics else math.nan for k in RAW}
+    row["throughput_hw"] = point.metrics["throughput_mbps"].halfwidth
+    row["bound_disk_rps"] = point.bounds.get("disk", math.inf)
+    row["bound_cpu_rps"] = point.bounds.get("cpu", math.inf)
+    return row
+
+
+def derive(scenario, cfg: Config, raw: dict) -> dict:
+    """The raw row with what follows from it and the configuration: connections against the limit
+    and per descriptor-holding entity, entities blocked on average, page cache left, app-cache hits."""
+    n_all, n_sets = entities_of(cfg)
+    conns = raw["conns_mean"]
+    return {**raw,
+            "conns_of_limit": conns / cfg.limit,
+            "conns_per_entity": conns / n_sets,
+            "blocked_n": raw["blocked_pct"] / 100.0 * n_all,
+            "page_cache_mb": page_cache_mb(scenario, cfg, conns),
+            "app_hit_pct": app_cache_hit_pct(scenario, cfg)}
 
 
 def levels_of(rows: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
@@ -353,9 +376,12 @@ def drivers(f: Finding, rows: dict) -> str:
             continue
         r = rows[lab]
         parts.append(f"{lab}: conns {_avg(r, 'conns_mean'):,.0f} ({_avg(r, 'conns_of_limit'):.0%} of limit), "
-                     f"cpu {_avg(r, 'cpu_util'):.0%}, blocked {_avg(r, 'blocked_pct'):.1f} %, "
+                     f"cpu {_avg(r, 'cpu_util'):.0%}, blocked {_avg(r, 'blocked_pct'):.1f} % "
+                     f"({_avg(r, 'blocked_n'):.2f} entities), "
                      f"disk {_avg(r, 'disk_util'):.0%}, hit {_avg(r, 'cache_hit_pct'):.2f} %, "
-                     f"page cache {_avg(r, 'page_cache_mb'):,.0f} MB, errors {_avg(r, 'errors_pct'):.2f} %")
+                     f"page cache {_avg(r, 'page_cache_mb'):,.0f} MB, errors {_avg(r, 'errors_pct'):.2f} %"
+                     + (f", app cache hit {_avg(r, 'app_hit_pct'):.1f} %" if math.isfinite(_avg(r, 'app_hit_pct'))
+                        else ""))
     return "\n".join("      " + p for p in parts)
 
 
@@ -439,8 +465,9 @@ def sweep_report(name: str, rows: dict, level: dict, rates) -> str:
                             for r in rates)
             m, hw = level[c.label]
             lines.append(f"{c.label:<26}{cells}{m:>9,.0f} ±{hw:<5.0f}" + (f"  ({c.note})" if c.note else ""))
-    lines += ["", "why: the simulation's outputs (blocked: % of the entities' time; pgcache: MB left after the "
-                  "footprint; disk bnd: the twin's disk-bound req/s)"]
+    lines += ["", "why: the simulation's outputs. conn/p: connections per descriptor set (userver process); blocked: "
+                  "% of the entities' time; blk n: entities blocked on average; hit %: page cache; app %: knot-c's "
+                  "cache (Che); pgcache: MB left after the footprint; disk bnd: the twin's disk bound, req/s"]
     head = f"{'configuration':<26}{'rate':>7}" + "".join(f" {h:>{w}}" for _key, h, w, _f in MECH_COLUMNS)
     lines += [head, "-" * len(head)]
     for series, cfgs in SWEEPS[name].items():
@@ -496,6 +523,8 @@ def parse_args(argv):
     ap.add_argument("--cache", metavar="DIR", help="keep replications in this result cache and reuse them")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write tables and verdicts as JSON here (atomically)")
+    ap.add_argument("--report", metavar="A.json[,B.json]",
+                    help="no simulation: report again from earlier --json outputs (merged)")
     ap.add_argument("--poll-probe", action="store_true",
                     help="instead of the sweeps, count the userver's poll calls and their CPU at the first rate, "
                          "one configuration at a time in this process")
@@ -556,6 +585,15 @@ def main(argv=None) -> int:
         d = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(d):
             return err(f"--json {args.json!r}: no folder {d}")
+    if args.report:
+        paths = [x for x in args.report.split(",") if x]
+        try:
+            saved_sweeps, rates, raw, meta = load_saved(paths)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            return err(f"--report: {e}")
+        chosen = [s for s in saved_sweeps if not args.sweeps or s in sweeps]
+        note = f"reported from {', '.join(paths)} (no simulation)"
+        return present(base, chosen, rates, raw, meta, note, args.json)
 
     if args.poll_probe:
         t = time.monotonic()
@@ -583,24 +621,32 @@ def main(argv=None) -> int:
     results = run_scenario(scenario, jobs=args.jobs, progress=True, cache=cache)
     wall = time.monotonic() - t
 
-    by_label = {c.label: c for c in cfgs}
-    rows: dict[str, dict[int, dict]] = {}
+    raw = {}
     for p in results:
-        rows.setdefault(p.label, {})[int(p.offered_rps)] = mechanism_row(scenario, by_label[p.label], p)
-    level, peak = levels_of(rows)
-    verdicts = [check(f, level, peak) for f in FINDINGS if f.sweep in sweeps]
-
-    print("\n\n".join(sweep_report(name, rows, level, rates) for name in sweeps))
-    print()
-    print(findings_report(verdicts, rows))
+        raw.setdefault(p.label, {})[int(p.offered_rps)] = raw_row(p)
     note = f"wall time {wall:.0f} s with {args.jobs} jobs"
     if cache is not None:
         note += f"; cache {args.cache}: {cache.hits} replications reused"
+    meta = {"warmup_s": scenario.run.warmup_s, "duration_s": scenario.run.duration_s, "batches": args.batches,
+            "wall_s": wall}
+    return present(scenario, sweeps, rates, raw, meta, note, args.json)
+
+
+def present(scenario, sweeps, rates, raw: dict, meta: dict, note: str, json_path: str | None) -> int:
+    """Print the tables and the verdicts from the raw rows; write them as JSON if asked."""
+    by_label = {c.label: c for c in configs_of(sweeps)}
+    rows = {lab: {r: derive(scenario, by_label[lab], row) for r, row in by.items()}
+            for lab, by in raw.items() if lab in by_label}
+    level, peak = levels_of(rows)
+    verdicts = [check(f, level, peak) for f in FINDINGS if f.sweep in sweeps]
+    print("\n\n".join(sweep_report(name, rows, level, rates) for name in sweeps))
+    print()
+    print(findings_report(verdicts, rows))
     print(f"\n{note}")
-    if args.json:
-        doc = {"scenario": SCENARIO, "sweeps": sweeps, "rates": list(rates), "tol_pct": TOL_PCT,
-               "peak_tol_pct": PEAK_TOL_PCT, "warmup_s": scenario.run.warmup_s,
-               "duration_s": scenario.run.duration_s, "batches": args.batches, "wall_s": wall,
+    if json_path:
+        doc = {"scenario": SCENARIO, "sweeps": list(sweeps), "rates": list(rates), "tol_pct": TOL_PCT,
+               "peak_tol_pct": PEAK_TOL_PCT, **meta,
+               "raw": {lab: {str(r): v for r, v in by.items()} for lab, by in raw.items()},
                "rows": {lab: {str(r): v for r, v in by.items()} for lab, by in rows.items()},
                "level": {lab: {"mean": m, "halfwidth": hw} for lab, (m, hw) in level.items()},
                "peak": peak,
@@ -608,11 +654,40 @@ def main(argv=None) -> int:
                              "status": v.status, "within_noise": v.noisy, "detail": v.detail}
                             for v in verdicts]}
         try:
-            write_text(args.json, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
+            write_text(json_path, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
         except OSError as e:
-            print(f"section4: --json {args.json!r}: {e}", file=sys.stderr)
+            print(f"section4: --json {json_path!r}: {e}", file=sys.stderr)
             return 1
     return 0
+
+
+def load_saved(paths: list[str]) -> tuple[list, tuple, dict, dict]:
+    """Sweeps, rates, raw rows and run settings of earlier --json outputs, merged; ValueError if they
+    do not fit together (other rates or run settings)."""
+    sweeps, rates, raw, meta = [], None, {}, None
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict) or "rates" not in doc or not ("raw" in doc or "rows" in doc):
+            raise ValueError(f"{path}: not an output of bench/section4.py --json")
+        these = tuple(int(r) for r in doc["rates"])
+        settings = {k: doc.get(k) for k in ("warmup_s", "duration_s", "batches")}
+        if rates is not None and (these != rates or settings != meta):
+            raise ValueError(f"{path}: rates {list(these)} / {settings} differ from {list(rates)} / {meta}")
+        rates, meta = these, settings
+        sweeps += [s for s in doc.get("sweeps", []) if s in SWEEPS and s not in sweeps]
+        for lab, by in doc.get("raw", doc.get("rows")).items():
+            raw[lab] = {int(r): {k: _number(row.get(k)) for k in RAW + ("throughput_hw", "bound_disk_rps",
+                                                                        "bound_cpu_rps")}
+                        for r, row in by.items()}
+    return sweeps, rates, raw, meta
+
+
+def _number(x) -> float:
+    """A saved number back (null is nan, 'inf' is infinity)."""
+    if x is None:
+        return math.nan
+    return float(x)
 
 
 def _finite(x):
