@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import dataclasses
 import math
 import os
 import signal
@@ -236,6 +237,23 @@ def run_figures(runs, counts, fitted, cpu_fraction: float, residual: list) -> di
     }
 
 
+def process_cpu_fits(counts, raw_counts, base: tuple, wake_s: float) -> tuple[str, dict]:
+    """The process CPU regressions: the measured wake-up (`wake_s` a voluntary switch) taken off
+    first, then the traced CPU's scale, with a cost per loop pass where it lowers the leave-one-out
+    error. Returns the chosen fit's name and every fit, the wake-up's coefficient set to `wake_s`
+    in the candidates; the fits with the wake-up fitted, and the old fit, are added for the record."""
+    woken = [dataclasses.replace(c, process=c.process - wake_s * c.wakeups) for c in counts]
+    chosen, fits = fitting.choose_unseen(woken, {"passes": base + ("loops",), "no passes": base})
+    for m in fits.values():
+        m["fit"].coef["wakeups"] = wake_s
+    fits["wake-ups fitted (not chosen)"] = fitting.choose_unseen(counts, {"w": base + ("wakeups",)})[1]["w"]
+    fits["wake-ups and passes fitted (not chosen)"] = fitting.choose_unseen(
+        counts, {"wp": base + ("wakeups", "loops")})[1]["wp"]
+    fits["old: passes, event calls traced (not chosen)"] = fitting.choose_unseen(
+        raw_counts, {"old": base + ("loops",)})[1]["old"]
+    return chosen, fits
+
+
 def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float, *, seed: int = 0,
               server_args=(), disk_dir: str | None = None, log=print, name: str = "calibrated-here",
               cpu_fraction: float = 1.0, cgroup_procs: str | None = None, softirq: bool = False,
@@ -284,24 +302,21 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     # The process's CPU = traced CPU x scale + per wake-up + per loop pass. A sampled poll that slept
     # holds the kernel's wake-up path in its CPU, so the event call's fixed part is taken out of the
     # traced CPU and left to the regression: CPU per pass of the loop (the call that returns at once,
-    # the dispatch around it) and per wake-up (a voluntary context switch: the call slept). Per byte
-    # and per connection kernel work outside the process only when the core's softirq time is
-    # counted. Every candidate is kept in the provenance, with the old fit (event calls in the
-    # traced CPU, a cost per pass) for comparison.
+    # the dispatch around it). The wake-up (a voluntary context switch: the call slept) is measured
+    # apart (micro.wakeup_s) and taken off the process's CPU first: fitted beside the passes it is
+    # not identified, since nearly every pass that sleeps is one wake-up (on 2026-11-26 the fits gave
+    # it 0, 67 and 92 us on similar runs, and the threaded model, whose threads wake without passes,
+    # moved 40 % with it). Per byte and per connection kernel work outside the process only when
+    # the core's softirq time is counted. The fits with the wake-up fitted, and the old fit (event
+    # calls in the traced CPU, a cost per pass), are kept in the provenance for comparison.
     per_event = fits[event_op].per_unit if event_op in fits else 0.0
     counts = fitting.without_event_calls(raw_counts, per_event)
     base = ("traced", "bytes", "connections") if softirq else ("traced",)
-    candidates = {"wakeups": base + ("wakeups",), "wakeups+passes": base + ("wakeups", "loops")}
     if not any(c.wakeups for c in counts):
         raise CalibrationError(f"no wake-ups counted for the {arch} server: is /proc/PID/task readable?")
-    # the wake-up is always fitted: its cost is seen directly (the sampled CPU of an event call that
-    # slept is some 14 us above one that did not). A cost per pass is added where it lowers the
-    # leave-one-out error. Passes alone (no wake-up) and the old fit are kept for comparison only:
-    # on noisy runs passes alone have won the leave-one-out comparison by chance (2026-11-26 11:14).
-    chosen_name, fitted_models = fitting.choose_unseen(counts, candidates)
-    fitted_models["passes (not chosen)"] = fitting.choose_unseen(counts, {"p": base + ("loops",)})[1]["p"]
-    fitted_models["old: passes, event calls traced"] = fitting.choose_unseen(
-        raw_counts, {"old": base + ("loops",)})[1]["old"]
+    wake_s = micro.wakeup_s()
+    log(f"  wake-up from an idle core (a blocked recv woken from the other core): {wake_s * 1e6:.1f} us")
+    chosen_name, fitted_models = process_cpu_fits(counts, raw_counts, base, wake_s)
     unseen = fitted_models[chosen_name]["fit"]
     raw_coef = {n: dict(m["fit"].coef) for n, m in fitted_models.items()}   # as fitted, before the level
     log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(

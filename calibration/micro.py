@@ -6,6 +6,10 @@
 - `handoff`: two Python threads pass an item back and forth through queues:
   a hand-over between threads of one CPython process (lock, wake-up, the
   interpreter lock changing hands).
+- `wakeup`: a thread on one core blocks in `recv` and is woken by a sender on
+  another core a few hundred times a second, so that its core is idle between
+  messages; its CPU per wake-up over the same `recv` finding the data already
+  there (the kernel's sleep, the wake-up from idle, the switch back to it).
 - `disk`: O_DIRECT reads of a file on the disk under test (no page cache):
   random 4 KB reads give the positioning time, 1 MB sequential reads the bandwidth.
   Under a blkio throttle over a fast (host-cached) disk this is not a positioning
@@ -81,6 +85,68 @@ def handoff_s(rounds: int = 3000, batches: int = 3) -> float:
             q2.get()
         results.append((time.perf_counter() - t0) / (2 * rounds))
         t.join(timeout=5)
+    return statistics.median(results)
+
+
+def _voluntary_switches() -> int:
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _recv_cpu(sock, n: int) -> tuple[float, int]:
+    """This thread's CPU seconds and voluntary switches over `n` one-byte receives."""
+    v0, c0 = _voluntary_switches(), time.thread_time()
+    for _ in range(n):
+        sock.recv(1)
+    return time.thread_time() - c0, _voluntary_switches() - v0
+
+
+def wakeup_s(rounds: int = 1500, rate: float = 1000.0, core: int = 0, sender_core: int = 1,
+             batches: int = 3) -> float:
+    """CPU seconds a thread pays per wake-up from an idle core (see the module's docstring).
+
+    The sender paces itself by spinning on its own core (bounded: `rounds` messages at `rate`),
+    so the receiver's core is left idle between messages. Per batch: (CPU per message when
+    each receive sleeps - CPU per message when none does) / voluntary switches per message."""
+    import socket
+    results = []
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {core})
+        for _ in range(batches):
+            a, b = socket.socketpair()
+            try:
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                b.sendall(b"x" * rounds)                 # the baseline: every receive finds its byte
+                base, _ = _recv_cpu(a, rounds)
+                pid = os.fork()
+                if pid == 0:                             # the sender: `rounds` bytes at `rate`, then exit
+                    try:
+                        os.sched_setaffinity(0, {sender_core})
+                        t0 = time.perf_counter()
+                        for i in range(rounds):
+                            due = t0 + (i + 1) / rate
+                            while time.perf_counter() < due:
+                                pass
+                            b.send(b"x")
+                    finally:
+                        os._exit(0)
+                try:
+                    cpu, woken = _recv_cpu(a, rounds)
+                finally:
+                    os.waitpid(pid, 0)
+            finally:
+                a.close()
+                b.close()
+            if woken >= rounds // 4:                     # the core was not idle enough to tell
+                results.append(max(0.0, cpu - base) / woken)
+    finally:
+        os.sched_setaffinity(0, old)
+    if not results:
+        raise RuntimeError("wake-up probe: the receiving thread hardly ever slept (is the sender's core free?)")
     return statistics.median(results)
 
 

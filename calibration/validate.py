@@ -92,8 +92,9 @@ class Case:
 # ~150 times a second, often while a thread holds the interpreter lock; the threads that run
 # next find it held and sleep on it, so the server loses up to half its share to these convoys
 # (measured 2026-11-26: 1,260 replies/s and 117 us of CPU per reply at 2,200 offered, against
-# 2,068 and 67 us with a 100 ms period). A slower core has no such throttling, and the simulator
-# models a slower core; 15 ms every 100 ms throttles the lock's holder 15 times less often.
+# 2,068 and 67 us with a 100 ms period). 15 ms every 100 ms throttles the lock's holder 15 times
+# less often. The simulator runs the same quota and period (the threaded model's convoy follows
+# the throttles), unless --slower-core asks for a core that many times slower.
 THREADED_PERIOD_US = 100_000
 
 
@@ -137,7 +138,7 @@ class Settings:
     seed: int = 0
     log: object = print
     workdir: str = ""
-    sim_quota: bool = False        # simulate the CPU share as a CFS quota, not as a slower core
+    sim_quota: bool = True         # simulate the CPU share as a CFS quota, not as a slower core
 
 
 # ---------------------------------------------------------------- the simulator's side
@@ -760,10 +761,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threaded-period-ms", type=float, default=THREADED_PERIOD_US / 1000,
                    help=f"CFS period of threaded-gil's CPU share (default {THREADED_PERIOD_US / 1000:g}; "
                         "0 = the shortest, as the other CPU cases)")
-    p.add_argument("--sim-quota", action="store_true",
-                   help="simulate the CPU cases' share as the live server has it, a CFS quota (the hardware's "
-                        "cpu_quota and cpu_period_ms), instead of a core that many times slower; needs a CPU "
-                        "model with the quota")
+    p.add_argument("--slower-core", action="store_true",
+                   help="simulate the CPU cases' share as a core that many times slower, instead of the CFS quota "
+                        "the live server has (the default: the hardware's cpu_quota and cpu_period_ms)")
+    p.add_argument("--sim-quota", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for old commands
     p.add_argument("--duration", type=float, help="seconds of arrivals per live rate (default 15, quick 8)")
     p.add_argument("--directories", type=int, default=4, help="file-set directories for the CPU and NIC cases")
     p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
@@ -833,12 +834,14 @@ def main(argv=None) -> int:
                       disk_sessions=args.disk_sessions,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
                       jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
-                      sim_quota=args.sim_quota)
+                      sim_quota=not args.slower_core)
         if not st.duration_s > 0:
             raise CalibrationError("--duration must be positive")
-        if args.sim_quota and not quota_supported():
-            raise CalibrationError("--sim-quota: this simulator's CPU has no CFS quota (sim/hardware.py CPU "
-                                   "takes no `quota`); leave the option out to simulate a slower core")
+        if args.slower_core and args.sim_quota:
+            raise CalibrationError("--slower-core and --sim-quota contradict each other")
+        if st.sim_quota and not quota_supported():
+            raise CalibrationError("this simulator's CPU has no CFS quota (sim/hardware.py CPU takes no `quota`); "
+                                   "give --slower-core to simulate a slower core")
         log = st.log
         info = machine()
         log(f"# simrun validate: {', '.join(names)}; load average {load_average():.1f}; {info['date']}")

@@ -88,7 +88,7 @@ def event_loop(server, proc, knobs):
     def burst(cpu):
         ev = run(proc, cpu)
         if sends and ev.triggered:                 # started at once: each piece leaves on time
-            lag = ev._delay - cpu                  # a context switch first, or the CPU quota
+            lag = max(0.0, ev._delay - cpu)        # a context switch first, or the CPU quota (not below 0 by rounding)
             for conn, chunk, at in sends:
                 call_later(lag + at, piece_leaves, (conn, chunk))
             sends.clear()

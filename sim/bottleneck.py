@@ -39,6 +39,7 @@ class SweepPointResult(PointResult):
 
     detail: dict = field(default_factory=dict)
     usable_cores: int = 0
+    cpu_quota: float = 1.0          # the share of the cores a CFS quota leaves the server (1: all)
 
 
 def _mean(r: PointResult, name: str) -> float:
@@ -61,6 +62,9 @@ def levels(r: PointResult) -> dict[str, float]:
     usable = getattr(r, "usable_cores", 0) or 0
     if cores and usable:
         cpu = min(1.0, cpu * len(cores) / usable)
+    quota = getattr(r, "cpu_quota", 1.0) or 1.0
+    if quota < 1.0:                 # under a CFS quota the share is what saturates, not the cores
+        cpu = min(1.0, cpu / quota)
     out["cpu"] = cpu
     entities = detail.get("detail_entities")
     if entities is not None and entities.mean >= 1 and cores and "blocked_pct" in r.metrics:

@@ -106,7 +106,7 @@ def run_points(points: list[Point], executor, cache: ResultCache | None = None,
         b, usable = bounds(pi, si)
         res = SweepPointResult(label=spec.label, architecture=spec.architecture, offered_rps=rate, metrics=metrics,
                                bounds=b, replications=len(got), params=dict(points[pi].params), detail=detail,
-                               usable_cores=usable)
+                               usable_cores=usable, cpu_quota=s.hardware.cpu_quota)
         results[u] = res
         thr, rps = metrics.get("throughput_mbps"), metrics.get("reply_rps")
         text = f"{len(got)} runs"

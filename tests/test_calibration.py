@@ -204,14 +204,15 @@ def test_comparison_figures_and_verdict():
 
 
 def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
-    """By default the share is a core `fraction` times as fast; with sim_quota the scenario keeps the
-    costs and states the live server's CFS quota and period in its hardware, which loads back."""
+    """By default the scenario keeps the costs and states the live server's CFS quota and period in
+    its hardware, which loads back; without sim_quota (--slower-core) the share is a core `fraction`
+    times as fast. The twin picks the rates with the slower core either way."""
     run = {"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4, "load_avg": 1.0}
     base = profile_of(demands_of([run]), "bb", Hardware(cores=1, kernel_mb=0.0))
     hw = {"cores": 1, "memory_mb": 2048.0, "kernel_mb": 0.0}
-    prof, hw1, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25), 4000)
+    prof, hw1, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25, sim_quota=False), 4000)
     assert prof.cost("parse").fixed == pytest.approx(4 * base.cost("parse").fixed) and hw1 == hw and twin is prof
-    prof, hw2, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25, sim_quota=True), 4000)
+    prof, hw2, twin = cpu_setting(base, hw, Settings(out=str(tmp_path), cpu_fraction=0.25), 4000)
     assert prof is base and twin.cost("parse").fixed == pytest.approx(4 * base.cost("parse").fixed)
     assert hw2 == {**hw, "cpu_quota": 0.25, "cpu_period_ms": 4.0}
     write_profile(prof, tmp_path / "p.toml", {})
@@ -525,3 +526,37 @@ def test_file_system_of_reads_the_mount_holding_the_path(tmp_path):
     assert file_system_of("/srv/old", str(info)) == "extents"
     assert file_system_of("/home/x", str(info)) == "extents"
     assert file_system_of("/x", str(tmp_path / "missing")) == "extents"
+
+
+def test_measured_wakeup_is_taken_off_before_the_scale_and_passes_are_fitted():
+    """When nearly every pass that sleeps is one wake-up, a fit of both splits their CPU at random;
+    with the wake-up measured apart (micro.wakeup_s) the scale and the per-pass CPU come back, and
+    every candidate carries the measured wake-up."""
+    from calibration.calibrate import process_cpu_fits
+    rng = np.random.default_rng(3)
+    runs = []
+    for rate in (400, 900, 1500, 2200, 3000):
+        req = rate * 10.0
+        loops = req / (1 + rate / 600)
+        wakeups = loops * rng.uniform(0.93, 0.97)               # almost every pass sleeps
+        traced = req * 60e-6 * rng.uniform(0.98, 1.02)
+        process = 0.55 * traced + 15e-6 * loops + 20e-6 * wakeups + rng.normal(0, 2e-4)
+        runs.append(fit.RunCounts(req * 7, req, loops, 0, 0, 0.0, f"{rate}", traced, process, wakeups))
+    chosen, fits = process_cpu_fits(runs, runs, ("traced",), 20e-6)
+    u = fits[chosen]["fit"]
+    assert chosen == "passes", {k: v["loo_rms_rel"] for k, v in fits.items()}
+    assert u.coef["wakeups"] == 20e-6
+    assert u.coef["traced"] == pytest.approx(0.55, rel=0.03)
+    assert u.coef["loops"] == pytest.approx(15e-6, rel=0.15)
+    assert "wake-ups and passes fitted (not chosen)" in fits
+
+
+def test_wakeup_probe_measures_a_plausible_cost_here():
+    """The live probe: a blocked recv woken from the other core costs the sleeping thread some
+    microseconds of CPU, well above a receive that finds its byte (under 5 us) and far below a
+    millisecond."""
+    from calibration import micro
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    w = micro.wakeup_s(rounds=600, batches=3)
+    assert 1e-6 < w < 500e-6, w
