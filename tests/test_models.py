@@ -231,6 +231,33 @@ def test_gil_is_taken_back_after_every_blocking_call(tmp_path):
     assert two <= 1.02 / (python + costs["stat"].fixed + costs["handoff"].fixed), (one, two)
 
 
+def test_a_thread_woken_during_a_python_section_preempts_the_holder_and_pays_a_handover(tmp_path):
+    """On one core a thread woken while another runs Python preempts it, finds the lock held and
+    sleeps on it: a hand-over. Nearly all of a saturated core's time is Python here, so nearly every
+    wake-up on the busy core costs one; at light load the core is mostly idle and few do. On two
+    cores the contention is the overlapping sections' instead (no preemption counted)."""
+    got = {}
+    for rate, handoff in ((300, 50e-6), (3000, 50e-6), (3000, 0.0)):
+        sc = scenario(tmp_path, GIL_ONE_CORE, rate=rate, duration=2.0, directories=5)
+        costs = dict(sc.profile.costs)
+        costs["parse"] = Cost(1e-3)              # 1 ms of Python per request
+        costs["handoff"] = Cost(handoff)
+        prof = dataclasses.replace(sc.profile, costs=costs)
+        server, _, replies, _ = run(sc, "gil", profile=prof)
+        gil = server.model.gil
+        got[rate, handoff] = gil.preemptions / server.model.requests, replies
+    assert got[3000, 50e-6][0] > 0.5, got
+    assert got[300, 50e-6][0] < 0.5 * got[3000, 50e-6][0], got
+    # the hand-overs are CPU: the saturated core serves fewer replies for them
+    lost = 1 - got[3000, 50e-6][1] / got[3000, 0.0][1]
+    assert 0.5 * 50e-6 / 1e-3 < lost < 2 * 50e-6 / 1e-3, got
+    sc = scenario(tmp_path, GIL_ONE_CORE, rate=3000, duration=2.0, directories=5)
+    two = dataclasses.replace(sc, hardware=dataclasses.replace(sc.hardware, cores=2),
+                              profile=dataclasses.replace(sc.profile, costs=costs))
+    server, _, _, _ = run(two, "gil", profile=two.profile)
+    assert server.model.gil.preemptions == 0
+
+
 class QuotaCPU:
     """One FIFO core under a CFS quota, with the contract the threaded model reads: a burst runs
     at full speed while the period's share lasts and waits out the rest of the period; its event
