@@ -140,7 +140,8 @@ class Finding:
     kind: "no_gain" (no label of `others` above `ref` by more than TOL_PCT), "rises"
     (`labels` never fall by more than TOL_PCT from one to the next, and the last is above
     the first by more than TOL_PCT), "below" (each of `others` below `ref` by more than
-    TOL_PCT), "peak" (the peak of `ref` within PEAK_TOL_PCT of the study's [lo, hi])."""
+    TOL_PCT), "peak" (the peak of `ref` within PEAK_TOL_PCT of the study's [lo, hi]), "metric"
+    (output `metric` of `ref` at offered rate `rate` within PEAK_TOL_PCT of the study's value)."""
 
     sweep: str
     text: str
@@ -150,6 +151,8 @@ class Finding:
     others: tuple = ()
     study: tuple = ()                  # (lo, hi) Mbps for "peak"
     mechanism_hint: str = ""           # which of the issue's mechanisms the study names, if any
+    metric: str = ""                   # for "metric": the output compared
+    rate: int = 0                      # for "metric": the offered rate it is stated at
 
 
 FINDINGS: tuple[Finding, ...] = (
@@ -173,6 +176,9 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("knot-c", "peak 1,085 Mbps", "5.1", "peak", "knot-c-20K-100w-1000MB", study=(1085, 1085)),
     Finding("userver-nb", "throughput rises from 1 to 4 processes (30K conns)", "4.2", "rises", "",
             ("userver-nb-30K-1p", "userver-nb-30K-2p", "userver-nb-30K-3p", "userver-nb-30K-4p"),
+            mechanism_hint="disk blocking"),
+    Finding("userver-nb", "SPED (30K, 1p) is blocked on the disk 33 % of the time at 15,000 req/s", "4.2",
+            "metric", "userver-nb-30K-1p", study=(33.0, 33.0), metric="blocked_pct", rate=15000,
             mechanism_hint="disk blocking"),
     Finding("userver-nb", "more than 4 processes do not help (30K conns)", "4.2", "no_gain",
             "userver-nb-30K-4p", ("userver-nb-30K-6p",)),
@@ -207,8 +213,10 @@ def _hw(*hws: float) -> float:
     return math.sqrt(sum((h if math.isfinite(h) else 0.0) ** 2 for h in hws))
 
 
-def check(f: Finding, level: dict, peak: dict, tol: float = TOL_PCT, peak_tol: float = PEAK_TOL_PCT) -> Verdict:
-    """PASS or MISS for one finding from each label's level (mean, half-width) and peak (Mbps).
+def check(f: Finding, level: dict, peak: dict, tol: float = TOL_PCT, peak_tol: float = PEAK_TOL_PCT,
+          rows: dict | None = None) -> Verdict:
+    """PASS or MISS for one finding from each label's level (mean, half-width) and peak (Mbps), and for
+    a "metric" finding the rows (label -> rate -> outputs).
 
     A comparison is noisy when the margin by which it is decided is smaller than the
     half-width of the difference it rests on."""
@@ -216,6 +224,15 @@ def check(f: Finding, level: dict, peak: dict, tol: float = TOL_PCT, peak_tol: f
     if any(lab not in level for lab in need):
         return Verdict(f, "not run", "configurations missing: " + ", ".join(lab for lab in need if lab not in level))
     vals = {lab: level[lab][0] for lab in need}
+    if f.kind == "metric":
+        row = (rows or {}).get(f.ref, {}).get(f.rate)
+        if row is None:
+            return Verdict(f, "not run", f"{f.ref} was not run at {f.rate:,} req/s")
+        x, want = row[f.metric], f.study[0]
+        err = _pct(x, want)
+        return Verdict(f, "PASS" if abs(err) <= peak_tol else "MISS",
+                       f"simulated {f.metric} {x:.1f} vs study {want:g} ({err:+.1f} %, limit {peak_tol:g} %)",
+                       values={f.ref: x})
     if f.kind == "peak":
         lo, hi = f.study
         p = peak[f.ref]
@@ -497,7 +514,7 @@ def findings_report(verdicts: list[Verdict], rows: dict) -> str:
         tag = v.status + (" (within noise)" if v.noisy and v.status != "not run" else "")
         lines.append(f"[{tag}] {f.sweep}: {f.text} (PAPER.md {f.source})")
         lines.append(f"      {v.detail}")
-        if v.status != "not run" and f.kind != "peak":
+        if v.status != "not run" and f.kind not in ("peak", "metric"):
             if f.mechanism_hint:
                 lines.append(f"      mechanism the issue/study names: {f.mechanism_hint}")
             lines.append(drivers(f, rows))
@@ -638,7 +655,7 @@ def present(scenario, sweeps, rates, raw: dict, meta: dict, note: str, json_path
     rows = {lab: {r: derive(scenario, by_label[lab], row) for r, row in by.items()}
             for lab, by in raw.items() if lab in by_label}
     level, peak = levels_of(rows)
-    verdicts = [check(f, level, peak) for f in FINDINGS if f.sweep in sweeps]
+    verdicts = [check(f, level, peak, rows=rows) for f in FINDINGS if f.sweep in sweeps]
     print("\n\n".join(sweep_report(name, rows, level, rates) for name in sweeps))
     print()
     print(findings_report(verdicts, rows))

@@ -56,6 +56,15 @@ def test_peak_against_a_range_and_missing_configurations():
     assert s4.check(NO_GAIN, _level(a=1000, b=1000), {}).status == "not run"
 
 
+def test_metric_against_the_studys_value_at_its_rate():
+    f = s4.Finding("x", "blocked", "-", "metric", "a", study=(33.0, 33.0), metric="blocked_pct", rate=15000)
+    rows = {"a": {15000: {"blocked_pct": 32.0}}}
+    assert s4.check(f, {"a": (0, 0)}, {}, rows=rows).status == "PASS"           # -3 %
+    rows["a"][15000]["blocked_pct"] = 28.0
+    assert s4.check(f, {"a": (0, 0)}, {}, rows=rows).status == "MISS"           # -15 %
+    assert s4.check(f, {"a": (0, 0)}, {}, rows={"a": {25000: {}}}).status == "not run"
+
+
 def test_a_verdict_inside_the_half_widths_is_marked_noisy():
     wide = {"a": (1000, 40.0), "b": (1030, 40.0), "c": (900, 1.0)}
     assert s4.check(NO_GAIN, wide, {}).noisy
