@@ -3,6 +3,8 @@
     python bench/section4.py [--sweeps knot-nb,userver-nb,...] [--rates 15000,25000] [--quick]
                              [--warmup S] [--duration S] [--batches N] [--set KEY=VALUE]
                              [--cache DIR] [--jobs N] [--json OUT]
+    python bench/section4.py --report A.json,B.json [--json OUT]     (no simulation)
+    python bench/section4.py --poll-probe [--sweeps userver-nb] [--rates 15000]
 
 Runs scenarios/paper-fig7.toml (the study's machine, workload, run control and
 profile study-xeon) with its [[server]] entries replaced by the configurations
@@ -23,8 +25,13 @@ marked "(within noise)": a longer run could turn it. Peaks are compared with the
 values the study's text gives, within PEAK_TOL_PCT.
 
 Nothing is tuned here: the models, the profile and the scenario are used as they
-are. `--cache DIR` keeps each replication in a result cache (sim/resultcache.py),
-so the sweeps can be run in several commands and then reported together.
+are. The sweeps can be run in several commands (`--sweeps`) and reported together
+with `--report` from their `--json` outputs; `--cache DIR` also keeps each
+replication in a result cache (sim/resultcache.py). The default run (all six
+sweeps, 35 configurations at two rates, the scenario's 50 s warm-up and 10 s
+window) takes 15-20 minutes with two jobs; `--quick` (one rate, 20 s warm-up,
+4 s window) a few minutes, and is only a smoke test. `--poll-probe` counts the
+userver's poll calls and their CPU, which the runner's outputs do not give.
 """
 from __future__ import annotations
 
@@ -46,7 +53,6 @@ from sim.scenario import ScenarioError, format_error, load_scenario  # noqa: E40
 
 SCENARIO = os.path.join(REPO, "scenarios", "paper-fig7.toml")
 RATES = (15000, 25000)                 # saturated: every good server saturates by 15,000 (PAPER.md 5.1)
-STUDY_RATES = (4000, 6000, 8000, 10000, 12500, 15000, 20000, 25000, 30000)
 TOL_PCT = 2.0                          # "no gain": not above the reference by more than this
 PEAK_TOL_PCT = 5.0                     # a peak matches the study's within this (as bench/fig7.py)
 BATCHES = 4
@@ -548,9 +554,14 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def err(message: str, code: int = 2) -> int:
+    """One line on stderr; the exit code."""
+    print(f"section4: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    err = lambda msg: print(f"section4: {msg}", file=sys.stderr) or 2  # noqa: E731
     sweeps = list(SWEEPS)
     if args.sweeps:
         sweeps = [s.strip() for s in args.sweeps.split(",") if s.strip()]
@@ -622,7 +633,10 @@ def main(argv=None) -> int:
         if args.json:
             doc = {"scenario": SCENARIO, "rate": rates[0], "warmup_s": scenario.run.warmup_s,
                    "duration_s": scenario.run.duration_s, "poll_probe": probe}
-            write_text(args.json, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
+            try:
+                write_text(args.json, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
+            except OSError as e:
+                return err(f"--json {args.json!r}: {e}", 1)
         return 0
 
     from sim.runner import run_scenario
@@ -673,8 +687,7 @@ def present(scenario, sweeps, rates, raw: dict, meta: dict, note: str, json_path
         try:
             write_text(json_path, json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
         except OSError as e:
-            print(f"section4: --json {json_path!r}: {e}", file=sys.stderr)
-            return 1
+            return err(f"--json {json_path!r}: {e}", 1)
     return 0
 
 
