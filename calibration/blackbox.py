@@ -9,12 +9,18 @@ replies and bytes httperf got. By the utilisation law (U = X * D) each
 resource's demand per reply is its busy time over the replies: CPU seconds per
 reply, bytes per reply over the link's rate, disk reads per reply over the
 disk's rate. The smallest capacity / demand is the saturation rate. A server's
-CPU per reply falls as the load rises (more work per wake-up: nginx here went
-from 115 us at 400 replies/s to 31 us near saturation), so the demand is taken
-from the busiest run that kept up: give rates up to near the expected peak. The CPU
-demand becomes a profile that an architecture model can run: everything the
-server does per reply is charged as one per-request operation (`parse`), since
-nothing is known of how the server spends it.
+CPU per reply falls as the load rises (nginx here went from 115 us at 400
+replies/s to 31 us near saturation): at light load its threads sleep between
+requests and pay a wake-up from idle for many of them, and near saturation they
+find work waiting. The kernel counts those sleeps (the voluntary context
+switches of the process tree), so the CPU is split by least squares over the
+runs into a demand per reply and a cost per wake-up; at saturation nobody
+sleeps, and the demand per reply alone sets the rate. (With one run, or no
+sleeps counted, the busiest run that kept up gives the demand, wake-ups
+included: give rates up to near the expected peak.) The demands become a
+profile that an architecture model can run: everything the server does per
+reply is charged as one per-request operation (`parse`), since nothing is known
+of how the server spends it, and the wake-up as `wakeup`.
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ class Demands:
     replies: int
     runs: int
     load_avg: list
+    wakeup_s: float = 0.0    # CPU seconds per wake-up from idle (a voluntary context switch), if split off
 
     def saturation(self, cpu_fraction: float = 1.0, cores: int = 1, link_gbps: float | None = None,
                    disk_mb_s: float | None = None) -> dict[str, float]:
@@ -81,6 +88,28 @@ def demands_of(runs: list[dict]) -> Demands:
                    [r["load_avg"] for r in runs])
 
 
+def demands_with_wakeups(runs: list[dict]) -> Demands:
+    """Demands with the CPU split into a part per reply and a part per wake-up, by non-negative
+    least squares of each run's CPU seconds on its replies and its wake-ups (the process tree's
+    voluntary context switches). With fewer than two runs, no wake-ups counted, or a split that
+    leaves no CPU per reply, the plain utilisation law on the busiest run (`demands_of`)."""
+    import numpy as np
+    from scipy.optimize import nnls
+    plain = demands_of(sorted(runs, key=lambda r: r["server_cpu_s"] / max(r.get("httperf_wall_s", 1.0), 1e-9))[-1:])
+    if len(runs) < 2 or not any(r.get("server_wakeups", 0) for r in runs):
+        return plain
+    x = np.array([[r["replies"], r.get("server_wakeups", 0)] for r in runs], dtype=float)
+    y = np.array([r["server_cpu_s"] for r in runs], dtype=float)
+    norms = np.linalg.norm(x, axis=0)
+    norms[norms == 0] = 1.0
+    sol, _ = nnls(x / norms, y)
+    per_reply, per_wakeup = sol / norms
+    if per_reply <= 0:
+        return plain
+    d = demands_of(runs)
+    return dataclasses.replace(d, cpu_s=float(per_reply), wakeup_s=float(per_wakeup))
+
+
 def measure(pid: int, port: int, workload, rates, duration_s: float, *, host: str = "127.0.0.1", seed: int = 0,
             log=print) -> list[dict]:
     """httperf runs at `rates` against a server known only by pid and port, with its CPU and disk reads."""
@@ -101,9 +130,10 @@ def measure(pid: int, port: int, workload, rates, duration_s: float, *, host: st
 
 
 def profile_of(d: Demands, name: str, hardware: Hardware, description: str = "") -> Profile:
-    """A profile charging the whole CPU demand per request (parse) and nothing else."""
+    """A profile charging the CPU demand per request (parse), the wake-up's (wakeup), nothing else."""
     costs = {op: Cost() for op in OPERATIONS}
     costs["parse"] = Cost(d.cpu_s, 0.0)
+    costs["wakeup"] = Cost(d.wakeup_s, 0.0)
     return Profile(name=name, costs=costs, hardware=hardware, footprint=Footprint(), description=description)
 
 
@@ -140,18 +170,21 @@ def main(argv=None) -> int:
             raise BlackboxError(f"--port must be 1..65535, got {args.port}")
         wl = workload_for(args.directories)
         runs = measure(args.pid, args.port, wl, rates, args.duration, host=args.host)
-        # the CPU per reply falls as the load rises (more work per wake-up): the busiest run that kept up
-        used = sorted((r for r in runs if sustained(r)), key=lambda r: r["server_cpu_s"] / r["httperf_wall_s"])
-        d = demands_of((used or runs)[-1:])
+        # the CPU per reply falls as the load rises (fewer wake-ups): split off per wake-up, on the runs that kept up
+        used = [r for r in runs if sustained(r)]
+        d = demands_with_wakeups(used or runs)
         sat = d.saturation(args.cpu_fraction)
-        print(f"CPU demand {d.cpu_s * 1e6:.1f} us/reply, {d.reply_bytes:.0f} bytes/reply, "
+        print(f"CPU demand {d.cpu_s * 1e6:.1f} us/reply and {d.wakeup_s * 1e6:.1f} us/wake-up, "
+              f"{d.reply_bytes:.0f} bytes/reply, "
               f"{d.disk_bytes:.0f} disk bytes/reply over {d.replies} replies; predicted CPU saturation "
               f"{sat['cpu']:.0f} replies/s (load average {load_average():.1f})")
         if args.out:
             hw = Hardware(cores=1, kernel_mb=0.0, nics=1, nic_gbps=40.0)
             prof = profile_of(d, "blackbox", hw, f"black-box demand of pid {args.pid}")
-            write_profile(prof, args.out, {**machine(), "method": "utilisation law: CPU time / replies",
-                                           "cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
+            write_profile(prof, args.out, {**machine(), "method": "utilisation law: CPU time over replies and "
+                                                                    "wake-ups (least squares over the runs)",
+                                           "cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6,
+                                           "reply_bytes": d.reply_bytes,
                                            "rates": rates, "load_avg": d.load_avg})
             print(f"wrote {args.out}")
     except (BlackboxError, MeasureError, CalibrationError) as e:

@@ -545,8 +545,9 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                     f.write(str(p))
             pid, port = ng.proc.pid, ng.port
             # the demand by the utilisation law, from runs below saturation. The CPU per reply falls as
-            # the load rises (more events per wake-up), so the runs rise (x1.3 from what a light run
-            # suggests) until one no longer keeps up, and the busiest run that kept up gives the demand
+            # the load rises (fewer wake-ups from idle), so the runs rise (x1.3 from what a light run
+            # suggests) until one no longer keeps up, and the CPU of those that kept up is split into a
+            # demand per reply and a cost per wake-up
             probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
             rate = blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
             for i in range(3 if st.quick else 8):
@@ -556,11 +557,14 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                           seed=st.seed + 501 + i, log=log)
                 rate *= 1.3
             used = sorted((r for r in probe if sustained(r)), key=lambda r: utilisation(r, st.cpu_fraction)) or probe
-            d = blackbox.demands_of(used[-1:])
+            busiest = blackbox.demands_of(used[-1:])
+            d = blackbox.demands_with_wakeups(used)
             predicted = d.saturation(st.cpu_fraction)["cpu"]
-            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply at {used[-1]['offered_rps']:g} req/s "
-                f"({utilisation(used[-1], st.cpu_fraction):.0%} busy), {d.reply_bytes:.0f} B per reply -> "
-                f"predicted saturation {predicted:.0f} replies/s on {st.cpu_fraction:g} of the core")
+            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply and {d.wakeup_s * 1e6:.1f} us per wake-up "
+                f"over {len(used)} runs ({busiest.cpu_s * 1e6:.1f} us per reply, wake-ups included, at "
+                f"{used[-1]['offered_rps']:g} req/s, {utilisation(used[-1], st.cpu_fraction):.0%} busy), "
+                f"{d.reply_bytes:.0f} B per reply -> predicted saturation {predicted:.0f} replies/s on "
+                f"{st.cpu_fraction:g} of the core")
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
             obj = _Handle("nginx", pid, port)
             live = sweep(obj, workload, rates, st.duration_s, seed=st.seed, log=log)
@@ -576,11 +580,13 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                  "simulated_as": "cfs quota" if st.sim_quota else "slower core"})
     sim = simulate(scen, st)
     return {"live": live, "sim": sim, "rates": rates, "scenario": os.path.relpath(spath, st.out),
-            "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
+            "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6,
+                         "busiest_cpu_us_per_reply": busiest.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
                          "disk_bytes_per_reply": d.disk_bytes, "predicted_saturation_rps": predicted,
                          "probe": [{"offered_rps": r["offered_rps"], "reply_rps": r["reply_rps"],
                                     "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
                                     "utilisation": utilisation(r, st.cpu_fraction),
+                                    "wakeups_per_reply": r.get("server_wakeups", 0) / max(1, r["replies"]),
                                     "load_avg": r["load_avg"]} for r in probe]},
             "setting": {"cpu_fraction": st.cpu_fraction}}
 
@@ -653,7 +659,10 @@ def report_md(doc: dict) -> str:
     for c in doc["cases"]:
         if "blackbox" in c:
             b = c["blackbox"]
-            lines += ["", f"nginx black box: {b['cpu_us_per_reply']:.1f} us CPU per reply (utilisation law), "
+            lines += ["", f"nginx black box: {b['cpu_us_per_reply']:.1f} us CPU per reply and "
+                          f"{b.get('wakeup_us', 0.0):.1f} us per wake-up (utilisation law over the runs"
+                          + (f"; {b['busiest_cpu_us_per_reply']:.1f} us per reply in the busiest, wake-ups included"
+                             if "busiest_cpu_us_per_reply" in b else "") + "), "
                           f"predicted saturation {b['predicted_saturation_rps']:.0f} replies/s, measured peak "
                           f"{c['live_peak_rps']:.0f} replies/s: error {c['blackbox_error_pct']:+.1f} % "
                           f"(target 10 %)."]

@@ -185,6 +185,27 @@ def test_blackbox_demand_is_utilisation_law_and_profile_round_trips(tmp_path):
     assert back.costs == prof.costs
 
 
+def test_blackbox_splits_cpu_into_a_demand_per_reply_and_per_wakeup():
+    """The server sleeps less as the load rises, so its CPU per reply falls; least squares over the
+    runs on replies and wake-ups give back the demand that sets the saturation rate and the wake-up's
+    cost, which the profile charges as `wakeup`. With one run, the plain law on it."""
+    from calibration.blackbox import demands_with_wakeups
+    runs = []
+    for replies, wake_per_reply in ((2000, 0.6), (3000, 0.4), (4000, 0.25), (4600, 0.1)):
+        wakeups = replies * wake_per_reply
+        runs.append({"replies": replies, "server_wakeups": wakeups, "server_cpu_s": replies * 25e-6 + wakeups * 60e-6,
+                     "reply_bytes_mean": 15000.0, "load_avg": 1.0, "httperf_wall_s": 1.0})
+    d = demands_with_wakeups(runs)
+    assert d.cpu_s == pytest.approx(25e-6, rel=1e-6) and d.wakeup_s == pytest.approx(60e-6, rel=1e-6)
+    assert d.saturation(cpu_fraction=0.15)["cpu"] == pytest.approx(6000.0)
+    # the plain law on the busiest run counts its wake-ups in the demand: a lower saturation
+    assert demands_of(runs[-1:]).saturation(cpu_fraction=0.15)["cpu"] < 0.85 * 6000
+    prof = profile_of(d, "bb", Hardware(cores=1, kernel_mb=0.0))
+    assert prof.cost("wakeup").fixed == pytest.approx(60e-6) and prof.cost("parse").fixed == pytest.approx(25e-6)
+    one = demands_with_wakeups(runs[:1])
+    assert one.wakeup_s == 0.0 and one.cpu_s == pytest.approx(runs[0]["server_cpu_s"] / 2000)
+
+
 def test_comparison_figures_and_verdict():
     live = [{"offered_rps": 100, "reply_rps": 100.0, "throughput_mbps": 10.0, "response_ms_mean": 2.0},
             {"offered_rps": 200, "reply_rps": 190.0, "throughput_mbps": 19.0, "response_ms_mean": 4.0},
