@@ -150,3 +150,16 @@ def test_table_groups_by_label_and_shows_the_bottleneck(results):
     # columns are aligned: every row as wide as the header or narrower
     assert len({len(ln) for ln in lines[:2]}) == 1
     assert format_table([]) == "(no results)"
+
+
+def test_cpu_level_is_read_against_a_cfs_quota():
+    """A server held to 15 % of its core by a CFS quota is saturated at 15 % busy: the bottleneck
+    report says cpu at 100 %, not 'nothing saturated'."""
+    from sim.bottleneck import SweepPointResult, busiest
+
+    def point(quota):
+        return SweepPointResult(label="s", architecture="sped", offered_rps=1000.0,
+                                metrics={"cpu_util": Estimate(0.1497, 0.0, 2)}, bounds={}, replications=2,
+                                cpu_quota=quota)
+    assert busiest(point(0.15)) == ("cpu", pytest.approx(0.998))
+    assert busiest(point(1.0)) == ("cpu", pytest.approx(0.1497))
