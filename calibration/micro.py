@@ -27,7 +27,9 @@ import contextlib
 import mmap
 import os
 import queue
+import signal
 import statistics
+import struct
 import threading
 import time
 
@@ -120,12 +122,16 @@ def wakeup_s(rounds: int = 1500, rate: float = 1000.0, core: int = 0, sender_cor
             a, b = socket.socketpair()
             try:
                 a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                # a blocking receive that gives up after 5 s (the kernel's timeout, so the sleep
+                # measured is recv's own): a sender that died cannot hang the probe
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
                 b.sendall(b"x" * rounds)                 # the baseline: every receive finds its byte
                 base, _ = _recv_cpu(a, rounds)
                 pid = os.fork()
                 if pid == 0:                             # the sender: `rounds` bytes at `rate`, then exit
                     try:
-                        os.sched_setaffinity(0, {sender_core})
+                        with contextlib.suppress(OSError):       # no such core: unpinned
+                            os.sched_setaffinity(0, {sender_core})
                         t0 = time.perf_counter()
                         for i in range(rounds):
                             due = t0 + (i + 1) / rate
@@ -136,8 +142,12 @@ def wakeup_s(rounds: int = 1500, rate: float = 1000.0, core: int = 0, sender_cor
                         os._exit(0)
                 try:
                     cpu, woken = _recv_cpu(a, rounds)
+                except OSError as e:                     # the timeout: the sender stopped early
+                    raise RuntimeError(f"wake-up probe: the sender stopped sending ({e})") from None
                 finally:
-                    os.waitpid(pid, 0)
+                    if os.waitpid(pid, os.WNOHANG) == (0, 0):   # still running (it stopped us early): end it
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
             finally:
                 a.close()
                 b.close()

@@ -139,6 +139,7 @@ class Settings:
     log: object = print
     workdir: str = ""
     sim_quota: bool = True         # simulate the CPU share as a CFS quota, not as a slower core
+    repeat: int = 1                # live sweeps per CPU, NIC and black-box case; the median row per rate is compared
 
 
 # ---------------------------------------------------------------- the simulator's side
@@ -219,6 +220,28 @@ def saturation_rate(rows: list[dict], offered_key: str = "offered_rps", kept: fl
         if r["reply_rps"] < kept * r.get("offered_window_rps", r[offered_key]):
             return r[offered_key]
     return None
+
+
+def median_rows(sweeps: list[list[dict]]) -> list[dict]:
+    """Per offered rate, the row of the sweep whose reply rate is the median (the lower one of an even
+    count), so that its figures stay one run's; each keeps every sweep's reply rate."""
+    rows = []
+    for runs in zip(*sweeps):
+        ranked = sorted(runs, key=lambda r: r["reply_rps"])
+        rows.append({**ranked[(len(ranked) - 1) // 2], "reply_rps_runs": [r["reply_rps"] for r in runs]})
+    return rows
+
+
+def repeated_sweep(srv, workload, rates, st: Settings, **kw) -> tuple[list[dict], dict]:
+    """`st.repeat` live sweeps at the same rates and seed, one after another: the median rows, and
+    (with more than one) every sweep's reply rates for the record."""
+    sweeps = []
+    for k in range(st.repeat):
+        if st.repeat > 1:
+            st.log(f"  live sweep {k + 1} of {st.repeat}")
+        sweeps.append(sweep(srv, workload, rates, st.duration_s, seed=st.seed, log=st.log, **kw))
+    extra = {"live_sweeps_reply_rps": [[round(r["reply_rps"], 1) for r in s] for s in sweeps]} if st.repeat > 1 else {}
+    return median_rows(sweeps), extra
 
 
 def compare(live: list[dict], sim: list[dict]) -> dict:
@@ -517,8 +540,8 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
                 log(f"  measured sweep: {reads} disk reads for {replies} replies; cgroup rss grew by "
                     f"{extra['rss_growth_kb']} KB at most under load")
             else:
-                live = sweep(srv, workload, rates, st.duration_s, seed=st.seed,
-                             httperf=link.httperf if link else "httperf", log=log)
+                live, more = repeated_sweep(srv, workload, rates, st, httperf=link.httperf if link else "httperf")
+                extra.update(more)
             if link is not None:
                 extra["qdisc"] = link.qdisc_stats()
     finally:
@@ -567,7 +590,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                 f"{st.cpu_fraction:g} of the core")
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
             obj = _Handle("nginx", pid, port)
-            live = sweep(obj, workload, rates, st.duration_s, seed=st.seed, log=log)
+            live, more = repeated_sweep(obj, workload, rates, st)
     finally:
         group.close()
     hw = {"cores": 1, "memory_mb": 24000.0, "kernel_mb": 0.0, "nics": 1, "nic_gbps": 40.0}
@@ -588,7 +611,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                     "utilisation": utilisation(r, st.cpu_fraction),
                                     "wakeups_per_reply": r.get("server_wakeups", 0) / max(1, r["replies"]),
                                     "load_avg": r["load_avg"]} for r in probe]},
-            "setting": {"cpu_fraction": st.cpu_fraction}}
+            "setting": {"cpu_fraction": st.cpu_fraction, **more}}
 
 
 @dataclass
@@ -626,6 +649,9 @@ def summarize_case(case: Case, res: dict) -> dict:
         out["blackbox"] = b
         out["blackbox_error_pct"] = 100 * (b["predicted_saturation_rps"] - c["live_peak_rps"]) / c["live_peak_rps"]
     out["verdict"] = verdict(out, case.held_out)
+    sweeps = out["setting"].get("live_sweeps_reply_rps")
+    if sweeps:                               # the peak error against each live sweep alone, for the spread
+        out["peak_error_pct_per_sweep"] = [100 * (c["sim_peak_rps"] - max(x)) / max(x) for x in sweeps if max(x) > 0]
     out["rates"] = [{"live": l, "sim": s} for l, s in zip(live, sim)]
     out["scenario"] = res.get("scenario")
     out["twin_bounds"] = res.get("twin_bounds")
@@ -666,6 +692,11 @@ def report_md(doc: dict) -> str:
                           f"predicted saturation {b['predicted_saturation_rps']:.0f} replies/s, measured peak "
                           f"{c['live_peak_rps']:.0f} replies/s: error {c['blackbox_error_pct']:+.1f} % "
                           f"(target 10 %)."]
+    spread = [c for c in doc["cases"] if c.get("peak_error_pct_per_sweep")]
+    if spread:
+        lines += ["", "Live sweeps repeated: each rate's median row is compared above. The peak error against each "
+                      "sweep alone:", ""]
+        lines += [f"- {c['case']}: " + ", ".join(f"{e:+.1f} %" for e in c["peak_error_pct_per_sweep"]) for c in spread]
     for c in doc["cases"]:
         lines += ["", f"## {c['case']}", "", f"Live `{c['architecture']}`, model `{c['model']}` {c['knobs']}; "
                   f"setting {c['setting']}. Scenario: `{c['scenario']}`. Plot: `{c['case']}.png`.", "",
@@ -774,6 +805,9 @@ def parser() -> argparse.ArgumentParser:
                    help="simulate the CPU cases' share as a core that many times slower, instead of the CFS quota "
                         "the live server has (the default: the hardware's cpu_quota and cpu_period_ms)")
     p.add_argument("--sim-quota", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for old commands
+    p.add_argument("--repeat", type=int, default=1,
+                   help="live sweeps per CPU, NIC and nginx case, one after another (default 1); each rate's "
+                        "median row is compared, and the report gives the peak error against each sweep")
     p.add_argument("--duration", type=float, help="seconds of arrivals per live rate (default 15, quick 8)")
     p.add_argument("--directories", type=int, default=4, help="file-set directories for the CPU and NIC cases")
     p.add_argument("--link-mbit", type=float, default=50.0, help="tbf rate of the NIC case (default 50)")
@@ -824,6 +858,8 @@ def main(argv=None) -> int:
             raise CalibrationError(f"unknown case {bad[0]!r}; known: {', '.join(known)}")
         if not 0.01 <= args.cpu_fraction <= 1.0:
             raise CalibrationError(f"--cpu-fraction must be in 0.01..1, got {args.cpu_fraction}")
+        if not 1 <= args.repeat <= 9:
+            raise CalibrationError(f"--repeat must be in 1..9, got {args.repeat}")
         if args.directories < 1 or args.disk_directories < 1 or args.jobs < 1:
             raise CalibrationError("--directories, --disk-directories and --jobs must be at least 1")
         if not 0 <= args.disk_sessions <= MAX_INSTANCES * MAX_TEMPLATES:
@@ -843,7 +879,7 @@ def main(argv=None) -> int:
                       disk_sessions=args.disk_sessions,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
                       jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
-                      sim_quota=not args.slower_core)
+                      sim_quota=not args.slower_core, repeat=args.repeat)
         if not st.duration_s > 0:
             raise CalibrationError("--duration must be positive")
         if args.slower_core and args.sim_quota:

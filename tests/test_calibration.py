@@ -206,6 +206,33 @@ def test_blackbox_splits_cpu_into_a_demand_per_reply_and_per_wakeup():
     assert one.wakeup_s == 0.0 and one.cpu_s == pytest.approx(runs[0]["server_cpu_s"] / 2000)
 
 
+def test_repeated_live_sweeps_compare_the_median_row_and_report_each_sweeps_error():
+    """With --repeat the live side is several sweeps at the same rates: per rate the median run's
+    row (its figures one run's, not mixed), and the report gives the peak error against each sweep."""
+    from calibration.validate import median_rows, report_md, summarize_case
+    sweeps = [[{"offered_rps": 100, "offered_window_rps": 100.0, "reply_rps": r1, "throughput_mbps": r1 / 10,
+                "response_ms_mean": 1.0},
+               {"offered_rps": 200, "offered_window_rps": 200.0, "reply_rps": r2, "throughput_mbps": r2 / 10,
+                "response_ms_mean": 9.0}]
+              for r1, r2 in ((100.0, 180.0), (98.0, 150.0), (99.0, 200.0))]
+    rows = median_rows(sweeps)
+    assert [r["reply_rps"] for r in rows] == [99.0, 180.0]
+    assert rows[1]["throughput_mbps"] == 18.0 and rows[1]["reply_rps_runs"] == [180.0, 150.0, 200.0]
+    assert [r["reply_rps"] for r in median_rows(sweeps[:2])] == [98.0, 150.0]      # even count: the lower
+    case = next(c for c in all_cases() if c.name == "symped-2p")
+    sim = [{"offered_rps": 100, "reply_rps": 99.0, "throughput_mbps": 9.9, "response_ms_mean": 1.0},
+           {"offered_rps": 200, "reply_rps": 190.0, "throughput_mbps": 19.0, "response_ms_mean": 9.0}]
+    c = summarize_case(case, {"live": rows, "sim": sim, "setting": {
+        "live_sweeps_reply_rps": [[r["reply_rps"] for r in s] for s in sweeps]}})
+    assert c["peak_error_pct"] == pytest.approx(100 * (190 - 180) / 180)
+    assert c["peak_error_pct_per_sweep"] == pytest.approx([100 * 10 / 180, 100 * 40 / 150, -5.0])
+    text = report_md({"machine": {"date": "d", "host": "h", "cpu_model": "c", "cpus": 2, "memory_mb": 1,
+                                  "kernel": "k", "python": "p"}, "command": "simrun validate --repeat 3",
+                      "cases": [c], "profile_file": "p.toml", "profile_note": "n", "workload": "w",
+                      "settings": {"duration_s": 15.0}, "calibration": ""})
+    assert "symped-2p: +5.6 %, +26.7 %, -5.0 %" in text
+
+
 def test_comparison_figures_and_verdict():
     live = [{"offered_rps": 100, "reply_rps": 100.0, "throughput_mbps": 10.0, "response_ms_mean": 2.0},
             {"offered_rps": 200, "reply_rps": 190.0, "throughput_mbps": 19.0, "response_ms_mean": 4.0},
@@ -581,3 +608,7 @@ def test_wakeup_probe_measures_a_plausible_cost_here():
         pytest.skip("needs two cores")
     w = micro.wakeup_s(rounds=600, batches=3)
     assert 1e-6 < w < 500e-6, w
+    # a sender that stops sending (here: far too slow) ends the probe with an error after 5 s,
+    # not a receive that waits forever
+    with pytest.raises(RuntimeError, match="stopped sending"):
+        micro.wakeup_s(rounds=2, rate=0.1, batches=1)
