@@ -7,7 +7,7 @@
   a hand-over between threads of one CPython process (lock, wake-up, the
   interpreter lock changing hands).
 - `wakeup`: a thread on one core blocks in `recv` and is woken by a sender on
-  another core a few hundred times a second, so that its core is idle between
+  another core a thousand times a second, so that its core is idle between
   messages; its CPU per wake-up over the same `recv` finding the data already
   there (the kernel's sleep, the wake-up from idle, the switch back to it).
 - `disk`: O_DIRECT reads of a file on the disk under test (no page cache):
