@@ -92,7 +92,11 @@ def demands_with_wakeups(runs: list[dict]) -> Demands:
     """Demands with the CPU split into a part per reply and a part per wake-up, by non-negative
     least squares of each run's CPU seconds on its replies and its wake-ups (the process tree's
     voluntary context switches). With fewer than two runs, no wake-ups counted, or a split that
-    leaves no CPU per reply, the plain utilisation law on the busiest run (`demands_of`)."""
+    leaves no CPU per reply, the plain utilisation law on the busiest run (`demands_of`). The demand
+    per reply is at most the busiest run's CPU per reply, wake-ups and all: a split above it means
+    the CPU per reply fell with the load for more than the wake-ups (event calls batching), which a
+    line in replies and wake-ups cannot follow, and the run nearest saturation is then the better
+    guide."""
     import numpy as np
     from scipy.optimize import nnls
     plain = demands_of(sorted(runs, key=lambda r: r["server_cpu_s"] / max(r.get("httperf_wall_s", 1.0), 1e-9))[-1:])
@@ -104,7 +108,7 @@ def demands_with_wakeups(runs: list[dict]) -> Demands:
     norms[norms == 0] = 1.0
     sol, _ = nnls(x / norms, y)
     per_reply, per_wakeup = sol / norms
-    if per_reply <= 0:
+    if per_reply <= 0 or per_reply >= plain.cpu_s:
         return plain
     d = demands_of(runs)
     return dataclasses.replace(d, cpu_s=float(per_reply), wakeup_s=float(per_wakeup))

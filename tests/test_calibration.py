@@ -204,6 +204,22 @@ def test_blackbox_splits_cpu_into_a_demand_per_reply_and_per_wakeup():
     assert prof.cost("wakeup").fixed == pytest.approx(60e-6) and prof.cost("parse").fixed == pytest.approx(25e-6)
     one = demands_with_wakeups(runs[:1])
     assert one.wakeup_s == 0.0 and one.cpu_s == pytest.approx(runs[0]["server_cpu_s"] / 2000)
+    # CPU per reply that falls with the load for more than the wake-ups: the split would put the
+    # demand above the busiest run's own CPU per reply, so the busiest run's law stands
+    batching = [dict(runs[0], replies=n, server_wakeups=n * w, server_cpu_s=n * c)
+                for n, w, c in ((2000, 0.20, 49e-6), (3300, 0.24, 39e-6), (5600, 0.28, 29e-6))]
+    assert fit_line_above_busiest(batching)
+    d = demands_with_wakeups(batching)
+    assert d.wakeup_s == 0.0 and d.cpu_s == pytest.approx(29e-6)
+
+
+def fit_line_above_busiest(runs) -> bool:
+    """Whether the least-squares split alone would put the demand above the busiest run's CPU per reply."""
+    from scipy.optimize import nnls
+    x = np.array([[r["replies"], r["server_wakeups"]] for r in runs], dtype=float)
+    y = np.array([r["server_cpu_s"] for r in runs])
+    per_reply = nnls(x, y)[0][0]
+    return per_reply > max(runs, key=lambda r: r["replies"])["server_cpu_s"] / max(r["replies"] for r in runs)
 
 
 def test_repeated_live_sweeps_compare_the_median_row_and_report_each_sweeps_error():
