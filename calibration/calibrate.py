@@ -36,7 +36,7 @@ from sim.workload import Workload
 from . import fit as fitting
 from . import micro
 from .cgroup import CgroupError, cpu_share
-from .measure import (LiveServer, MeasureError, load_average, measure_run, rising_sweep, rss_kb, run_counts, settle,
+from .measure import (LiveServer, MeasureError, load_average, measure_run, rising_sweep, op_totals, rss_kb, run_counts, settle,
                       sustained, sweep, utilisation)
 
 # the calibration workload: the study's sessions with short think times, so one httperf on one core
@@ -159,6 +159,7 @@ def build_profile(fits: dict, unseen, extras: dict, hardware: Hardware, footprin
     prof = Profile(name=name, costs=costs, hardware=hardware, footprint=footprint, description=description)
     return prof, {"traced_scale": scale if scale is not None else 1.0,
                   "traced_scale_all_runs": (unseen.coef.get("traced_all_runs", 1.0) if unseen is not None else 1.0),
+                  "traced_scale_top_two": (unseen.coef.get("traced_top_two", 1.0) if unseen is not None else 1.0),
                   "unseen_added_us": {k: v * 1e6 for k, v in added.items()}, "from_fallback": fell_back}
 
 
@@ -237,6 +238,13 @@ def run_figures(runs, counts, fitted, cpu_fraction: float, residual: list) -> di
     }
 
 
+def charged_counts(runs, raw_counts, fits) -> list:
+    """The runs' regressors with `traced` the CPU the profile will charge for their calls
+    (fit.charged_cpu), so that the scale fitted on it is the scale of the profile's costs."""
+    return [dataclasses.replace(c, traced=fitting.charged_cpu(op_totals(r), fits, EVENT_OPS))
+            for c, r in zip(raw_counts, runs)]
+
+
 def process_cpu_fits(counts, raw_counts, base: tuple, wake_s: float) -> tuple[str, dict]:
     """The process CPU regressions: the measured wake-up (`wake_s` a voluntary switch) taken off
     first, then the traced CPU's scale, with a cost per loop pass where it lowers the leave-one-out
@@ -266,7 +274,8 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     fitted on the runs that kept the server at least `min_util` busy and on which it still kept up
     (in overload every call costs more: see `busy` below). Light runs are fitted too: the CPU per
     reply they add is mostly wake-ups, which the regression counts apart (the kernel's voluntary
-    context switches); the level is then taken again on the two busiest runs."""
+    context switches); the level is then taken again on the busiest run, nearest the saturation that
+    sets the peak."""
     tracedir = tempfile.mkdtemp(prefix="calib-trace-")
     try:
         srv = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
@@ -310,13 +319,18 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     # the core's softirq time is counted. The fits with the wake-up fitted, and the old fit (event
     # calls in the traced CPU, a cost per pass), are kept in the provenance for comparison.
     per_event = fits[event_op].per_unit if event_op in fits else 0.0
-    counts = fitting.without_event_calls(raw_counts, per_event)
+    sampled = fitting.without_event_calls(raw_counts, per_event)
+    counts = charged_counts(runs, raw_counts, fits)
     base = ("traced", "bytes", "connections") if softirq else ("traced",)
     if not any(c.wakeups for c in counts):
         raise CalibrationError(f"no wake-ups counted for the {arch} server: is /proc/PID/task readable?")
     wake_s = micro.wakeup_s()
     log(f"  wake-up from an idle core (a blocked recv woken from the other core): {wake_s * 1e6:.1f} us")
     chosen_name, fitted_models = process_cpu_fits(counts, raw_counts, base, wake_s)
+    record = fitting.choose_unseen([dataclasses.replace(c, process=c.process - wake_s * c.wakeups) for c in sampled],
+                                   {"s": base + ("loops",)})[1]["s"]
+    record["fit"].coef["wakeups"] = wake_s
+    fitted_models["passes, each run's own sampled call CPU (not chosen)"] = record
     unseen = fitted_models[chosen_name]["fit"]
     raw_coef = {n: dict(m["fit"].coef) for n, m in fitted_models.items()}   # as fitted, before the level
     log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(
@@ -326,13 +340,16 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
         + f", {100 * m['rms_rel']:.1f} / {100 * m['loo_rms_rel']:.1f}" for n, m in fitted_models.items()))
     # the regression's own prediction error for every run, the runs left out of the fit too
     all_raw = [run_counts(r, softirq) for r in all_runs]
-    all_counts = fitting.without_event_calls(all_raw, per_event)
+    all_counts = charged_counts(all_runs, all_raw, fits)
     residual = [c.process - sum(v * getattr(c, k) for k, v in unseen.coef.items()) for c in all_counts]
-    # the samples overstate more as the load rises, so the level is taken again where it matters for
-    # the peak: the two busiest runs that kept up, the other coefficients held
-    top = sorted(range(len(runs)), key=lambda i: -utilisation(runs[i], cpu_fraction))[:2]
+    # The CPU per reply falls as the load rises, right up to saturation (on 2026-11-26: 42 us at 94 %
+    # busy, 33 us at 96 %, 27 us at 100 %), more than the fewer passes and wake-ups explain, and
+    # the peak is set by the CPU per reply at saturation. So the level is taken again on the
+    # busiest run that kept up, the other coefficients held (the two busiest, as before, for the record).
+    top = sorted(range(len(runs)), key=lambda i: -utilisation(runs[i], cpu_fraction))
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
-    unseen.coef["traced"] = fitting.refit_scale([counts[i] for i in top], unseen.coef)
+    unseen.coef["traced_top_two"] = fitting.refit_scale([counts[i] for i in top[:2]], unseen.coef)
+    unseen.coef["traced"] = fitting.refit_scale([counts[top[0]]], unseen.coef)
     # tracing has a cost of its own (a record per call, CPU samples, flushes): the same rates run again
     # untraced, and the CPU per reply of the untraced server over the traced one scales every cost
     # but the wake-up, so the profile is that of the server as it runs when not measured

@@ -252,6 +252,25 @@ def choose_unseen(runs: list[RunCounts], models: dict[str, tuple], target: str =
     return best, out
 
 
+def charged_cpu(totals: dict, fits: dict[str, "OpFit"], event_ops=()) -> float:
+    """The CPU the profile charges for one run's traced calls: each operation's fitted cost
+    (pooled over the runs) x its calls and units; for the event calls, the per-unit part alone
+    (their fixed part is the regression's per pass). `totals` maps an operation to (calls, units).
+
+    This, not the run's own sampled CPU, is what the traced scale multiplies in the profile. The
+    sampled CPU per call falls as the load rises (a warmer core, fuller batches): on 2026-11-26 the
+    busiest run's calls sampled 42 us a reply against 52-89 us on the lighter runs. A level taken
+    on the sampled CPU then scales costs that are above those it was measured on, and the model
+    charged 33 us a reply at saturation where the server had used 26.6."""
+    cpu = 0.0
+    for op, (calls, units) in totals.items():
+        f = fits.get(op)
+        if f is None:
+            continue
+        cpu += f.per_unit * units + (0.0 if op in event_ops else f.fixed * calls)
+    return cpu
+
+
 def without_event_calls(runs: list[RunCounts], per_unit: float) -> list[RunCounts]:
     """The runs with `traced` standing for the traced CPU outside the event calls, plus the event
     calls' variable part at `per_unit` a unit: their fixed part is then left to the regression,

@@ -367,6 +367,16 @@ def rising_sweep(server, workload, start_rps: float, duration_s: float, *, growt
     return runs
 
 
+def op_totals(run: dict) -> dict[str, tuple[float, float]]:
+    """Per operation, the (calls, units) of a traced run, summed over its traces and buckets."""
+    out: dict[str, tuple[float, float]] = {}
+    for tr in run["trace"]:
+        for op, s in tr.totals().items():
+            c, u = out.get(op, (0.0, 0.0))
+            out[op] = (c + s.count, u + s.units)
+    return out
+
+
 def run_counts(run: dict, softirq: bool = False):
     """The regressors of calibration.fit.fit_unseen for one traced run (with the core's softirq time
     in the unseen CPU if `softirq`)."""

@@ -628,3 +628,39 @@ def test_wakeup_probe_measures_a_plausible_cost_here():
     # not a receive that waits forever
     with pytest.raises(RuntimeError, match="stopped sending"):
         micro.wakeup_s(rounds=2, rate=0.1, batches=1)
+
+
+def test_level_is_taken_on_what_the_profile_charges_for_the_busiest_run():
+    """The traced scale multiplies the pooled per-call fits, so it is fitted on the CPU those fits
+    charge for a run's calls, not on the run's own samples: with samples that fall with the load,
+    the profile then charges the busiest run exactly the CPU it used."""
+    from types import SimpleNamespace
+    from calibration.calibrate import build_profile, charged_counts
+    from sim.config import Footprint
+    fits = {"parse": fit.OpFit("parse", "call", 20e-6, 0.0, 10, 10, 1, 0, 0),
+            "sendfile": fit.OpFit("sendfile", "byte", 10e-6, 1e-9, 10, 10, 4000, 0, 0),
+            "epoll_wait": fit.OpFit("epoll_wait", "event", 5e-6, 1e-6, 10, 10, 3, 0, 0)}
+    totals = {"parse": (1000, 1000), "sendfile": (1200, 5e6), "epoll_wait": (100, 1500),
+              "ult_switch": (50, 50)}
+    # the event call's fixed part is left to the per-pass coefficient; an operation without a fit costs nothing
+    assert fit.charged_cpu(totals, fits, ("epoll_wait",)) == pytest.approx(0.02 + 0.012 + 0.005 + 0.0015)
+
+    def run(scale_calls, sampled_per_call, process):
+        ops = {op: SimpleNamespace(count=c * scale_calls, units=u * scale_calls) for op, (c, u) in totals.items()}
+        trace = SimpleNamespace(totals=lambda: ops)
+        return ({"trace": [trace]},
+                fit.RunCounts(0, 1000 * scale_calls, 100 * scale_calls, 0, 0, 0.0, "", sampled_per_call * scale_calls,
+                              process))
+    # the light run's calls sample dearer than the pooled fit, the busiest run's cheaper
+    light, busy = run(1, 0.05, 0.030), run(4, 0.030, 0.090)
+    counts = charged_counts([light[0], busy[0]], [light[1], busy[1]], fits)
+    assert counts[1].traced == pytest.approx(4 * 0.0385) and counts[1].process == 0.090
+    scale = fit.refit_scale([counts[1]], {"traced": 1.0, "loops": 30e-6})
+    u = fit.UnseenFit({"traced": scale, "loops": 30e-6}, [], 0.0, 2)
+    prof, _ = build_profile(fits, u, {}, Hardware(cores=1), Footprint(), "t", "", "epoll_wait", event_split=True)
+    charged = sum(prof.cost(op).fixed * c + prof.cost(op).per_unit * un
+                  for op, (c, un) in ((op, (4 * c, 4 * un)) for op, (c, un) in totals.items()) if op != "ult_switch")
+    assert charged == pytest.approx(0.090, rel=1e-9)
+    # on the busiest run's own samples, the profile would have charged it 28 % more than it used
+    sampled_scale = fit.refit_scale([busy[1]], {"traced": 1.0, "loops": 30e-6})
+    assert sampled_scale * counts[1].traced + 400 * 30e-6 > 1.2 * 0.090
