@@ -319,18 +319,22 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     # the core's softirq time is counted. The fits with the wake-up fitted, and the old fit (event
     # calls in the traced CPU, a cost per pass), are kept in the provenance for comparison.
     per_event = fits[event_op].per_unit if event_op in fits else 0.0
-    sampled = fitting.without_event_calls(raw_counts, per_event)
-    counts = charged_counts(runs, raw_counts, fits)
+    counts = fitting.without_event_calls(raw_counts, per_event)
+    charged = charged_counts(runs, raw_counts, fits)
     base = ("traced", "bytes", "connections") if softirq else ("traced",)
     if not any(c.wakeups for c in counts):
         raise CalibrationError(f"no wake-ups counted for the {arch} server: is /proc/PID/task readable?")
     wake_s = micro.wakeup_s()
     log(f"  wake-up from an idle core (a blocked recv woken from the other core): {wake_s * 1e6:.1f} us")
     chosen_name, fitted_models = process_cpu_fits(counts, raw_counts, base, wake_s)
-    record = fitting.choose_unseen([dataclasses.replace(c, process=c.process - wake_s * c.wakeups) for c in sampled],
-                                   {"s": base + ("loops",)})[1]["s"]
+    # On the CPU the profile charges (the same per reply at every load) the fall of the CPU per
+    # reply with the load goes to the passes alone: 67 us a pass at 18:25 on 2026-11-26, a scale of
+    # 0.21 and twice the leave-one-out error. So the shape is fitted on each run's own samples,
+    # which fall with the load too, and only the level (below) on what the profile charges.
+    record = fitting.choose_unseen([dataclasses.replace(c, process=c.process - wake_s * c.wakeups) for c in charged],
+                                   {"c": base + ("loops",)})[1]["c"]
     record["fit"].coef["wakeups"] = wake_s
-    fitted_models["passes, each run's own sampled call CPU (not chosen)"] = record
+    fitted_models["passes, on the CPU the profile charges (not chosen)"] = record
     unseen = fitted_models[chosen_name]["fit"]
     raw_coef = {n: dict(m["fit"].coef) for n, m in fitted_models.items()}   # as fitted, before the level
     log("  process CPU regressions (residual rms / leave-one-out rms, % of the mean): " + "; ".join(
@@ -340,16 +344,18 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
         + f", {100 * m['rms_rel']:.1f} / {100 * m['loo_rms_rel']:.1f}" for n, m in fitted_models.items()))
     # the regression's own prediction error for every run, the runs left out of the fit too
     all_raw = [run_counts(r, softirq) for r in all_runs]
-    all_counts = charged_counts(all_runs, all_raw, fits)
+    all_counts = fitting.without_event_calls(all_raw, per_event)
     residual = [c.process - sum(v * getattr(c, k) for k, v in unseen.coef.items()) for c in all_counts]
     # The CPU per reply falls as the load rises, right up to saturation (on 2026-11-26: 42 us at 94 %
     # busy, 33 us at 96 %, 27 us at 100 %), more than the fewer passes and wake-ups explain, and
     # the peak is set by the CPU per reply at saturation. So the level is taken again on the
-    # busiest run that kept up, the other coefficients held (the two busiest, as before, for the record).
+    # busiest run that kept up, the other coefficients held, and on the CPU the profile will charge
+    # for that run's calls: the scale multiplies the pooled per-call fits, not the run's own samples
+    # (the two busiest runs' samples, as before, for the record).
     top = sorted(range(len(runs)), key=lambda i: -utilisation(runs[i], cpu_fraction))
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
     unseen.coef["traced_top_two"] = fitting.refit_scale([counts[i] for i in top[:2]], unseen.coef)
-    unseen.coef["traced"] = fitting.refit_scale([counts[top[0]]], unseen.coef)
+    unseen.coef["traced"] = fitting.refit_scale([charged[top[0]]], unseen.coef)
     # tracing has a cost of its own (a record per call, CPU samples, flushes): the same rates run again
     # untraced, and the CPU per reply of the untraced server over the traced one scales every cost
     # but the wake-up, so the profile is that of the server as it runs when not measured
