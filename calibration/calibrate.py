@@ -36,8 +36,8 @@ from sim.workload import Workload
 from . import fit as fitting
 from . import micro
 from .cgroup import CgroupError, cpu_share
-from .measure import (LiveServer, MeasureError, load_average, measure_run, rising_sweep, op_totals, rss_kb, run_counts, settle,
-                      sustained, sweep, utilisation)
+from .measure import (LiveServer, MeasureError, load_average, measure_run, op_totals, rising_sweep, rss_kb, run_counts,
+                      settle, sustained, sweep, utilisation)
 
 # the calibration workload: the study's sessions with short think times, so one httperf on one core
 # offers enough load to saturate a Python server (the study's 3 s between bursts would need

@@ -169,13 +169,18 @@ def get(port: int, path: str, extra: bytes = b"", timeout: float = 10.0):
 
 
 def settle_fds(server: "Server", want_sockets: int, timeout: float = 4.0) -> dict:
-    """Descriptor counts once the sockets are back to `want_sockets` (or the timeout passed)."""
+    """Descriptor counts once the sockets are back to `want_sockets` and no count moved for 0.2 s
+    (or the timeout passed). A forked worker that has not yet made its epoll descriptor when the
+    first reply comes back would otherwise look like a leak later (seen once on a loaded machine)."""
     deadline = time.monotonic() + timeout
+    last = None
     while True:
         n = server.fds()
-        if n["socket"] == want_sockets or time.monotonic() > deadline:
+        key = (n["socket"], n["file"], n["other"])
+        if (n["socket"] == want_sockets and key == last) or time.monotonic() > deadline:
             return n
-        time.sleep(0.05)
+        last = key if n["socket"] == want_sockets else None
+        time.sleep(0.2 if last else 0.05)
 
 
 @pytest.fixture
