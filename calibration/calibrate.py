@@ -33,6 +33,8 @@ from sim.operations import Cost
 from sim.profile import load_profile, write_profile
 from sim.workload import Workload
 
+from real.httperf import CONNS_PER_INSTANCE, FD_LIMIT
+
 from . import fit as fitting
 from . import micro
 from .cgroup import CgroupError, cpu_share
@@ -61,8 +63,11 @@ class CalibrationError(Exception):
 
 
 def workload_for(directories: int, think_within=THINK_WITHIN_S, think_between=THINK_BETWEEN_S) -> Workload:
+    """The live runs' workload, as the simulator is to replay it: with httperf's descriptor limit
+    (past saturation one httperf fills its 1,022 connections and fails the sessions beyond them)."""
     return Workload(fileset=FileSet(directories=directories), think_within_burst_s=think_within,
-                    think_between_bursts_s=think_between)
+                    think_between_bursts_s=think_between, generator_fd_limit=FD_LIMIT,
+                    generator_sessions_per_process=CONNS_PER_INSTANCE)
 
 
 def machine() -> dict:

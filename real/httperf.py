@@ -49,6 +49,7 @@ while `--hog` would make httperf bind ports from 1024 up on a shared machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -68,12 +69,14 @@ import numpy as np
 
 from sim.fileset import FileSet
 from sim.atomic import write_text
-from sim.workload import Workload
+from sim.workload import GENERATOR_MAX_TEMPLATES, Workload
 
 FD_SETSIZE = 1024
-CONNS_PER_INSTANCE = 800  # mean concurrent sessions per httperf; leaves room for Poisson swings
+# mean concurrent sessions per httperf (800): leaves room for Poisson swings
+CONNS_PER_INSTANCE = Workload.__dataclass_fields__["generator_sessions_per_process"].default
+FD_LIMIT = FD_SETSIZE - 2  # connections one httperf holds: 1,022 in its own count at overload (2026-11-26)
 MAX_INSTANCES = 8  # the study ran eight httperf processes
-MAX_TEMPLATES = 1000  # MAX_SESSION_TEMPLATES in httperf's wsesslog.c
+MAX_TEMPLATES = GENERATOR_MAX_TEMPLATES  # MAX_SESSION_TEMPLATES in httperf's wsesslog.c
 SAMPLE_S = 5.0  # httperf's reply-rate sample interval
 ERROR_KINDS = ("client_timo", "socket_timo", "connrefused", "connreset", "fd_unavail", "addrunavail",
                "ftab_full", "other")
@@ -182,15 +185,8 @@ def parse_wsesslog(text: str) -> list[list[tuple[str, float | None]]]:
 
 @lru_cache(maxsize=64)
 def mean_session_think_s(workload: Workload) -> float:
-    """Expected think time summed over one session (exact, from the request and burst count rules)."""
-    lo, hi = workload.burst_requests_min, workload.burst_requests_max
-    f = [0.0] * (workload.session_requests_max + 1)  # f[m]: expected bursts to cover m requests
-    for m in range(1, len(f)):
-        f[m] = 1.0 + sum(f[max(m - b, 0)] for b in range(lo, hi + 1)) / (hi - lo + 1)
-    ns = range(workload.session_requests_min, workload.session_requests_max + 1)
-    bursts = sum(f[n] for n in ns) / len(ns)
-    requests = workload.mean_requests_per_session
-    return (bursts - 1.0) * workload.think_between_bursts_s + (requests - bursts) * workload.think_within_burst_s
+    """Expected think time summed over one session (Workload.mean_session_think_s, cached)."""
+    return workload.mean_session_think_s
 
 
 def offered_in_window(logs: list[SessionLog], rates: list[float], spans: list[float], a: float, b: float) -> float:
@@ -295,7 +291,8 @@ def plan_instances(workload: Workload, offered_rps: float, conns_per_instance: i
                    max_instances: int = MAX_INSTANCES) -> tuple[int, float]:
     """(httperf processes needed, estimated concurrent sessions) for an offered request rate."""
     concurrency = workload.session_rate(offered_rps) * mean_session_think_s(workload)
-    k = max(1, math.ceil(concurrency / conns_per_instance))
+    k = dataclasses.replace(workload, generator_sessions_per_process=conns_per_instance,
+                            session_templates=0).generator_processes(offered_rps)
     if k > max_instances:
         raise LoadError(f"{offered_rps:g} req/s keeps about {concurrency:,.0f} sessions open, more than "
                         f"{max_instances} httperf processes of {conns_per_instance} each (select's FD_SETSIZE is "

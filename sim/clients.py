@@ -87,6 +87,9 @@ class Clients:
         self.open_samples = array("d")
         self.open_sampled_at = array("d")
         self.resets_during_send = 0
+        # sessions holding a client descriptor, and the load generator's limit on them (0: none)
+        self.open_sessions = 0
+        self.max_sessions = workload.max_open_sessions(offered_rps)
         env.process(self._arrivals())
         env.process(self._reaper())
 
@@ -146,7 +149,7 @@ class Clients:
         s_n = sid[nxt]
         after = np.where(nxt + 1 < total, next_start[np.minimum(nxt + 1, total - 1)], total)
         burst_left = np.minimum(after, first[s_n] + count[s_n]) - nxt
-        adopted = 0
+        adopted, cap = 0, self.max_sessions
         env, resume, adopt = self.env, self._resume, self.server.adopt
         for left, born_at, reqno, in_burst, at in zip((count[s_n] - j[nxt]).tolist(), born[s_n].tolist(),
                                                       j[nxt].tolist(), burst_left.tolist(), t[nxt].tolist()):
@@ -154,10 +157,13 @@ class Clients:
             self.next_id += 1
             conn.reqno = reqno
             conn.burst_left = in_burst
+            if cap and adopted >= cap:          # the load generator could not have held it
+                break
             if not adopt(conn):
                 continue
             adopted += 1
             env.call_later(at, resume, conn)
+        self.open_sessions += adopted
         return adopted
 
     def _prefill_templates(self, n: int, horizon_s: float) -> int:
@@ -180,10 +186,13 @@ class Clients:
             self.next_id += 1
             conn.tpl = t
             conn.reqno = j
+            if self.max_sessions and adopted >= self.max_sessions:   # the load generator could not have held it
+                break
             if not self.server.adopt(conn):
                 continue
             adopted += 1
             self.env.call_later(at, self._resume, conn)
+        self.open_sessions += adopted
         return adopted
 
     # -- drawing --------------------------------------------------------------------------------
@@ -214,14 +223,24 @@ class Clients:
                 conn = Connection(self.next_id, len(t[0]), env.now)
                 self.next_id += 1
                 conn.tpl = t
-                self._connect(conn)
+                self._open(conn)
         while True:
             yield env.timeout(rng.exponential(1.0 / rate))
             n = int(rng.integers(w.session_requests_min, w.session_requests_max + 1))
             conn = Connection(self.next_id, n, env.now)
             self.next_id += 1
             conn.burst_left = self._burst_len()
-            self._connect(conn)
+            self._open(conn)
+
+    def _open(self, conn):
+        """A new session takes a descriptor of the load generator, or fails at once when its
+        process holds all it can (httperf's fd_unavail: counted as a connection that failed)."""
+        if self.max_sessions and self.open_sessions >= self.max_sessions:
+            if self.t0 <= self.env.now < self.t1:
+                self.refused_at.append(self.env.now)
+            return
+        self.open_sessions += 1
+        self._connect(conn)
 
     def _connect(self, conn):
         now = self.env.now
@@ -235,8 +254,13 @@ class Clients:
             gave_up = now + (self.w.timeout_s - (now - conn.born))
             if self.t0 <= gave_up < self.t1:
                 self.refused_at.append(gave_up)
+            if self.max_sessions:      # its descriptor is held until then (counted only under a limit)
+                self.env.call_later(gave_up - now, self._release, conn)
             return
         self.env.call_later(rto, self._retry, conn)
+
+    def _release(self, call):
+        self.open_sessions -= 1
 
     def _retry(self, call):
         self._connect(call.arg)
@@ -288,6 +312,7 @@ class Clients:
     def _close(self, conn):
         """The client closes its end: the server will read EOF (or fail its next send)."""
         conn.closed = True
+        self.open_sessions -= 1
         if conn.flow is not None:
             self.server.abort_send(conn)
         if conn.accepted:

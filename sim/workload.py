@@ -16,8 +16,20 @@ Sessions are drawn afresh by default. httperf cannot do that: it holds at most
 `session_templates = N` both sides use the same N sessions (`templates()`:
 files and think times drawn once from `template_seed`), replayed in turn, so
 a page cache sees the same repeats in the simulator as live.
+
+The load generator has a limit of its own: httperf waits with `select`, so one
+process holds at most FD_SETSIZE descriptors, and a session that finds its
+process full fails at once (httperf's `fd_unavail`). `real/httperf.py` starts
+enough processes for the concurrency the think times alone imply
+(`generator_processes`); past saturation the response times add to it, and
+the processes fill. With `generator_fd_limit` set, the simulated clients stop at
+the same number of open sessions (`max_open_sessions`); 0, the default, is a
+generator without a limit, as the study's eight httperf processes were for its
+rates.
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,6 +37,9 @@ from functools import lru_cache
 import numpy as np
 
 from .fileset import FileSet
+
+
+GENERATOR_MAX_TEMPLATES = 1000  # sessions httperf keeps from one session file (MAX_SESSION_TEMPLATES, wsesslog.c)
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,14 @@ class Workload:
                 "its session files"})
     template_seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1,
                                                     "help": "seed of the session templates"})
+    generator_fd_limit: int = field(default=0, metadata={
+        "min": 0, "max": 1_000_000,
+        "help": "connections one load-generator process can hold (0: no limit); a session that finds its "
+                "process full fails at once. httperf: 1,022 (select's FD_SETSIZE less its standard streams)"})
+    generator_sessions_per_process: int = field(default=800, metadata={
+        "min": 1, "max": 1_000_000,
+        "help": "mean open sessions the load is planned for per load-generator process (think times only); "
+                "real/httperf.py starts as many processes as this needs"})
 
     def __post_init__(self):
         if not 1 <= self.session_requests_min <= self.session_requests_max:
@@ -67,6 +90,31 @@ class Workload:
     def session_rate(self, offered_rps: float) -> float:
         """Sessions per second that offer `offered_rps` requests per second."""
         return offered_rps / self.mean_requests_per_session
+
+    @property
+    def mean_session_think_s(self) -> float:
+        """Expected think time summed over one session (exact, from the request and burst count rules)."""
+        lo, hi = self.burst_requests_min, self.burst_requests_max
+        f = [0.0] * (self.session_requests_max + 1)  # f[m]: expected bursts to cover m requests
+        for m in range(1, len(f)):
+            f[m] = 1.0 + sum(f[max(m - b, 0)] for b in range(lo, hi + 1)) / (hi - lo + 1)
+        ns = range(self.session_requests_min, self.session_requests_max + 1)
+        bursts = sum(f[n] for n in ns) / len(ns)
+        return (bursts - 1.0) * self.think_between_bursts_s + (self.mean_requests_per_session - bursts) * \
+            self.think_within_burst_s
+
+    def generator_processes(self, offered_rps: float) -> int:
+        """Load-generator processes for `offered_rps`: enough for the sessions the think times keep
+        open, and for the session templates (httperf holds at most 1,000 per session file)."""
+        concurrency = self.session_rate(offered_rps) * self.mean_session_think_s
+        k = max(1, math.ceil(concurrency / self.generator_sessions_per_process))
+        if self.session_templates:
+            k = max(k, math.ceil(self.session_templates / GENERATOR_MAX_TEMPLATES))
+        return k
+
+    def max_open_sessions(self, offered_rps: float) -> int:
+        """Most sessions the load generator keeps open at `offered_rps` (0: no limit)."""
+        return self.generator_fd_limit * self.generator_processes(offered_rps) if self.generator_fd_limit else 0
 
     def think(self, rng: np.random.Generator, mean: float) -> float:
         return float(rng.exponential(mean)) if self.think_distribution == "exponential" else mean

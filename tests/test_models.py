@@ -3,6 +3,7 @@ obeys the mechanism that sets it apart (a check that fails if the mechanism is m
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 
 import pytest
@@ -426,3 +427,34 @@ def test_symped_processes_keep_the_cpu_for_a_slice_not_one_descriptor(tmp_path):
     per_s = (server.cpu.switches - switches) / dur
     assert 0.5 / sped.SLICE_S < per_s < 2.0 / sped.SLICE_S, per_s   # about one switch per slice
     assert per_s < 0.05 * rps, (per_s, rps)
+
+
+def test_load_generator_descriptor_limit_caps_open_sessions_and_fails_the_rest_at_once(tmp_path):
+    """Like httperf's select-bound processes: with `generator_fd_limit`, no more sessions are open
+    than the processes can hold, and a session beyond it fails at once (counted as a connection
+    failure); without it the same load keeps more open and nothing fails."""
+    def open_and_failures(extra):
+        path = tmp_path / f"g{len(extra)}.toml"
+        path.write_text(SMALL.format(rate=1500, cores=1, memory_mb=2048, directories=20, duration=3.0)
+                        .replace("directories = 20", "directories = 20\n" + extra)
+                        + '[[server]]\nlabel = "sped"\narchitecture = "sped"\nmax_conns = 100000\n')
+        sc = load_scenario(path)
+        env, server, clients, _ = build(sc, sc.servers[0], sc.run.rates[0], 0)
+        most = []
+
+        def watch():
+            while True:
+                most.append(clients.open_sessions)
+                yield env.timeout(0.01)
+        env.process(watch())
+        env.run(until=sc.run.warmup_s + sc.run.duration_s)
+        return max(most), clients.connect_failures, clients.replies, sc.workload
+    free, failed_free, replies_free, w = open_and_failures("")
+    # 150 sessions/s, each open some 7 s thinking: about a thousand open
+    assert w.max_open_sessions(1500) == 0 and free > 600 and failed_free == 0
+    capped, failed, replies, w = open_and_failures("generator_fd_limit = 300\ngenerator_sessions_per_process = 2000")
+    assert w.generator_processes(1500) == 1 and w.max_open_sessions(1500) == 300
+    assert capped <= 300 and failed > 0 and replies < replies_free
+    # the planner's processes are the ones the limit multiplies
+    k = math.ceil(150 * w.mean_session_think_s / 300)
+    assert k > 1 and dataclasses.replace(w, generator_sessions_per_process=300).max_open_sessions(1500) == 300 * k
