@@ -279,8 +279,8 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     fitted on the runs that kept the server at least `min_util` busy and on which it still kept up
     (in overload every call costs more: see `busy` below). Light runs are fitted too: the CPU per
     reply they add is mostly wake-ups, which the regression counts apart (the kernel's voluntary
-    context switches); the level is then taken again on the busiest run, nearest the saturation that
-    sets the peak."""
+    context switches); the level is then taken again on the run that served the most replies, nearest
+    the saturation that sets the peak."""
     tracedir = tempfile.mkdtemp(prefix="calib-trace-")
     try:
         srv = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
@@ -356,8 +356,11 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     # the peak is set by the CPU per reply at saturation. So the level is taken again on the
     # busiest run that kept up, the other coefficients held, and on the CPU the profile will charge
     # for that run's calls: the scale multiplies the pooled per-call fits, not the run's own samples
-    # (the two busiest runs' samples, as before, for the record).
-    top = sorted(range(len(runs)), key=lambda i: -utilisation(runs[i], cpu_fraction))
+    # (the two busiest runs' samples, as before, for the record). The busiest is the one that served
+    # the most replies: on a shared host a run the host slowed down looks busier (at 19:36 on
+    # 2026-11-26 a run of 3,810 replies/s was 100 % busy at 40.9 us a reply, the next one 97 % busy
+    # at 5,281/s and 29.3 us) and would set the level a third too high.
+    top = sorted(range(len(runs)), key=lambda i: -runs[i]["reply_rps"])
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
     unseen.coef["traced_top_two"] = fitting.refit_scale([counts[i] for i in top[:2]], unseen.coef)
     unseen.coef["traced"] = fitting.refit_scale([charged[top[0]]], unseen.coef)
