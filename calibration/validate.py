@@ -161,6 +161,9 @@ def write_scenario(path: str, name: str, profile_path: str, hardware: dict, work
           "think_between_bursts_s": workload.think_between_bursts_s}
     if getattr(workload, "session_templates", 0):
         wl.update(session_templates=workload.session_templates, template_seed=workload.template_seed)
+    if getattr(workload, "generator_fd_limit", 0):      # httperf's own limit, as the live runs have it
+        wl.update(generator_fd_limit=workload.generator_fd_limit,
+                  generator_sessions_per_process=workload.generator_sessions_per_process)
     lines = ["# written by simrun validate", "[scenario]", f"name = {_toml_value(name)}",
              f"profile = {_toml_value(os.path.basename(profile_path))}", "", "[hardware]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in hardware.items()]

@@ -525,6 +525,10 @@ def test_disk_case_replays_the_same_templates_in_its_scenario(tmp_path):
                           Settings(out=str(tmp_path)))
     back = load_scenario(path).workload
     assert back.session_templates == 8000 and back.template_seed == 5 and back.templates()[:3] == w.templates()[:3]
+    # and httperf's descriptor limit, which every live run has
+    from real.httperf import FD_LIMIT
+    assert (back.generator_fd_limit, back.generator_sessions_per_process) == (FD_LIMIT, w.generator_sessions_per_process)
+    assert back.max_open_sessions(10_000.0) == FD_LIMIT * w.generator_processes(10_000.0) > 0
 
 
 def test_throttle_is_read_as_slices_of_reads_at_the_device_speed():
