@@ -63,7 +63,8 @@ class Workload:
     generator_fd_limit: int = field(default=0, metadata={
         "min": 0, "max": 1_000_000,
         "help": "connections one load-generator process can hold (0: no limit); a session that finds its "
-                "process full fails at once. httperf: 1,022 (select's FD_SETSIZE less its standard streams)"})
+                "process full fails at once. httperf: 1,022, its own count of open connections at overload here "
+                "(select's FD_SETSIZE is 1,024)"})
     generator_sessions_per_process: int = field(default=800, metadata={
         "min": 1, "max": 1_000_000,
         "help": "mean open sessions the load is planned for per load-generator process (think times only); "
