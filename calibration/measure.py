@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from real.httperf import LoadError, run_httperf
-from real.trace import FLUSH_EVERY, OpStats, Trace, _FIELDS, read_trace
+from real.trace import FLUSH_EVERY, Trace, _FIELDS, read_trace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_CORE, LOAD_CORE = 0, 1
@@ -382,25 +382,21 @@ def run_counts(run: dict, softirq: bool = False):
     in the unseen CPU if `softirq`)."""
     from .fit import RunCounts
     traces = run["trace"]
-    totals: dict[str, OpStats] = {}
-    for tr in traces:
-        for op, s in tr.totals().items():
-            acc = totals.setdefault(op, OpStats("*", op, s.unit, -1))
-            acc.count += s.count
-            acc.units += s.units
-    requests = totals["parse"].count if "parse" in totals else 0
-    loops = sum(totals[o].count for o in ("poll", "select", "epoll_wait") if o in totals)
-    sent = sum(totals[o].units for o in ("sendfile", "write") if o in totals)
+    totals = op_totals(run)
+    none = (0.0, 0.0)
+    event_ops = ("poll", "select", "epoll_wait")
+    requests = totals.get("parse", none)[0]
+    loops = sum(totals.get(o, none)[0] for o in event_ops)
+    sent = sum(totals.get(o, none)[1] for o in ("sendfile", "write"))
     conns = 0.0
     for tr in traces:
         conns += sum(s.count for s in tr.ops if s.op == "accept" and s.bucket > 0)
     calls = sum(s.count for tr in traces for s in tr.ops if s.op != "ult_switch")
     traced_cpu = sum(tr.traced_cpu() for tr in traces)
-    event_ops = ("poll", "select", "epoll_wait")
     event_cpu = sum(tr.cost(s)[1] * s.count for tr in traces for s in tr.ops if s.op in event_ops)
     process = sum(tr.process_cpu() for tr in traces)
     extra = run["core_softirq_s"] if softirq else 0.0
     return RunCounts(float(calls), float(requests), float(loops), float(sent), float(conns),
                      process - traced_cpu + extra, f"{run['offered_rps']:g}", traced_cpu, process + extra,
                      float(run.get("server_wakeups", 0)), event_cpu,
-                     float(sum(totals[o].units for o in event_ops if o in totals)))
+                     float(sum(totals.get(o, none)[1] for o in event_ops)))
