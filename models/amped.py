@@ -43,7 +43,7 @@ class Amped:
 
     def event_loop(self):
         server, proc, k, c = self.server, self.main, self.k, self.server.costs
-        cache, sizes, sndbuf, reply_sent = server.cache, server.sizes, server.sndbuf, server.reply_sent
+        cache, sizes, reply_sent = server.cache, server.sizes, server.reply_sent
         epoll = k.event_mechanism == "epoll"
         request_cpu = c.read + c.parse + c.write + c.write_u * server.header_bytes + c.stat   # + mincore
         per_byte = c.sendfile_u + c.net_tx_u
@@ -67,7 +67,7 @@ class Amped:
                     server.close(conn)
                 elif conn.state == 1:            # writable again: the next piece
                     if conn.flow is None and conn.unsent > 0:
-                        chunk = min(conn.unsent, sndbuf)
+                        chunk = min(conn.unsent, conn.sndbuf)
                         cpu += c.sendfile + per_byte * chunk
                         sends.append((conn, chunk))
                 elif conn.state == 0 and conn.file >= 0:   # a request
@@ -77,7 +77,7 @@ class Amped:
                     if f in cache.lru:           # resident: send at once
                         cache.touch(f, sizes[f])
                         conn.state = 1
-                        chunk = min(conn.size, sndbuf)
+                        chunk = min(conn.size, conn.sndbuf)
                         cpu += c.sendfile + per_byte * chunk
                         sends.append((conn, chunk))
                     else:                        # not resident: a helper reads it in
@@ -89,7 +89,7 @@ class Amped:
                 if conn.closed or conn.owner is None:
                     continue
                 conn.state = 1
-                chunk = min(conn.unsent, sndbuf)
+                chunk = min(conn.unsent, conn.sndbuf)
                 cpu += c.sendfile + per_byte * chunk
                 sends.append((conn, chunk))
             if cpu:

@@ -161,7 +161,7 @@ class Knot:
     def scheduler(self):
         """Capriccio's scheduling loop on its one kernel thread, one CPU burst per pass."""
         server, cap, k, c = self.server, self.cap, self.k, self.server.costs
-        sndbuf, reply_sent = server.sndbuf, server.reply_sent
+        reply_sent = server.reply_sent
         variant = k.variant
         accept_first = k.accept_policy == "knot-a"
         header_cpu = c.write + c.write_u * server.header_bytes
@@ -201,7 +201,7 @@ class Knot:
                     server.close(conn)
                 elif conn.state == WRITING:      # knot-c: socket writable, write the next piece
                     if conn.flow is None and conn.unsent > 0:
-                        chunk = min(conn.unsent, sndbuf)
+                        chunk = min(conn.unsent, conn.sndbuf)
                         cpu += c.ult_switch + c.write + copy_byte * chunk
                         self.resumes += 1
                         sends.append((conn, chunk))
@@ -211,7 +211,7 @@ class Knot:
                     conn.unsent = conn.size
                     if variant == "knot-c":
                         if self.cached(conn.file):
-                            chunk = min(conn.size, sndbuf)
+                            chunk = min(conn.size, conn.sndbuf)
                             cpu += c.stat + c.write + copy_byte * chunk
                             conn.state = WRITING
                             sends.append((conn, chunk))
@@ -232,7 +232,7 @@ class Knot:
                     server.close(conn)
                 elif variant == "knot-c":        # the file is in memory now: write it
                     self.insert(conn.file, conn.size)
-                    chunk = min(conn.unsent, sndbuf)
+                    chunk = min(conn.unsent, conn.sndbuf)
                     cpu += c.write + copy_byte * chunk
                     conn.state = WRITING
                     sends.append((conn, chunk))
@@ -266,7 +266,7 @@ class Knot:
     # -- the kernel worker threads -----------------------------------------------------------------
     def worker(self, w):
         server, c, k = self.server, self.server.costs, self.k
-        cache, sizes, sndbuf = server.cache, server.sizes, server.sndbuf
+        cache, sizes = server.cache, server.sizes
         per_byte = c.sendfile_u + c.net_tx_u
         jobs = self.jobs
         while True:
@@ -292,13 +292,13 @@ class Knot:
                 yield w.run(c.sendfile + per_byte * conn.size + c.handoff)
                 if miss is not None:
                     yield from server.block(w, miss)
-                if not conn.closed and conn.size > sndbuf:
-                    yield from server.blocking_send(w, conn, conn.size - sndbuf)
+                if not conn.closed and conn.size > conn.sndbuf:
+                    yield from server.blocking_send(w, conn, server.must_leave(conn, conn.size))
                 if not conn.closed:
                     server.send(conn, conn.unsent, self.last_piece_sent)
             else:                                # knot-nb: one non-blocking sendfile, poll if full
                 miss = cache.touch(f, sizes[f]) if first else None
-                chunk = min(conn.unsent, sndbuf)
+                chunk = min(conn.unsent, conn.sndbuf)
                 full = conn.unsent > chunk
                 yield w.run(c.sendfile + per_byte * chunk + c.handoff + ((c.poll + c.poll_u) if full else 0.0))
                 if miss is not None:
@@ -307,7 +307,7 @@ class Knot:
                     pass
                 elif full:                       # poll this one socket until it drains (1 s timeout)
                     t = server.env.now
-                    yield from server.blocking_send(w, conn, chunk)
+                    yield from server.send_and_wait(w, conn, chunk)
                     timeouts = int((server.env.now - t) / WORKER_POLL_TIMEOUT_S)
                     if timeouts:                 # each timeout: back to the thread, which re-issues
                         yield w.run(timeouts * (2 * c.handoff + c.ult_switch + c.sendfile + c.poll + c.poll_u))

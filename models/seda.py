@@ -163,7 +163,7 @@ class Seda:
     # -- the aSocket thread ---------------------------------------------------------------------
     def asocket_loop(self):
         server, a, c = self.server, self.asocket, self.server.costs
-        sndbuf, reply_sent = server.sndbuf, server.reply_sent
+        reply_sent = server.reply_sent
         copy_byte = c.write_u + c.sendfile_u + c.net_tx_u
         if self.app_capacity:
             self.app_cache, self.app_used = warm_application_cache(server, self.app_capacity)
@@ -196,7 +196,7 @@ class Seda:
                 if conn.state == STAGED:          # a new reply
                     conn.state = WRITING
                     conn.unsent = conn.size
-                chunk = min(conn.unsent, sndbuf)
+                chunk = min(conn.unsent, conn.sndbuf)
                 cpu += c.write + copy_byte * chunk
                 sends.append((conn, chunk))
             yield a.run(cpu)

@@ -72,7 +72,7 @@ def event_cost(c, mechanism: str, watched: int, ready: int) -> float:
 def event_loop(server, proc, knobs):
     """The userver's main loop for one process."""
     c = server.costs
-    cache, sizes, sndbuf = server.cache, server.sizes, server.sndbuf
+    cache, sizes = server.cache, server.sizes
     mechanism, limit, blocking = knobs.event_mechanism, knobs.accept_limit, knobs.blocking_sockets
     epoll = mechanism == "epoll"
     request_cpu = c.read + c.parse + c.write + c.write_u * server.header_bytes
@@ -117,7 +117,7 @@ def event_loop(server, proc, knobs):
                 if conn.flow is not None or conn.unsent <= 0:
                     continue
                 miss = None
-                chunk = min(conn.unsent, sndbuf)
+                chunk = min(conn.unsent, conn.sndbuf)
                 cpu += c.sendfile + per_byte * chunk
             elif conn.file >= 0:                   # a request has arrived
                 conn.state = 1
@@ -129,13 +129,13 @@ def event_loop(server, proc, knobs):
                     chunk = conn.size
                     cpu += c.sendfile + per_byte * chunk
                 else:
-                    chunk = min(conn.size, sndbuf)
+                    chunk = min(conn.size, conn.sndbuf)
                     cpu += c.sendfile + per_byte * chunk
-                    if epoll and conn.size > sndbuf:
+                    if epoll and conn.size > conn.sndbuf:
                         cpu += 2 * c.epoll_ctl     # watch for writability, and stop watching
             else:
                 continue
-            if miss is None and chunk <= sndbuf:   # sendfile returns at once: the piece joins the burst
+            if miss is None and chunk <= conn.sndbuf:   # sendfile returns at once: the piece joins the burst
                 sends.append((conn, chunk, cpu))
                 if cpu >= SLICE_S:                 # the slice is over: the burst runs, its pieces leave
                     yield burst(cpu)
@@ -150,8 +150,8 @@ def event_loop(server, proc, knobs):
                 yield from server.block(proc, miss)
             if conn.closed:
                 continue
-            if blocking and chunk > sndbuf:        # blocks until the rest fits the socket buffer
-                yield from server.blocking_send(proc, conn, chunk - sndbuf)
+            if blocking and chunk > conn.sndbuf:        # blocks until the rest fits the socket buffer
+                yield from server.blocking_send(proc, conn, server.must_leave(conn, chunk))
                 if conn.closed:
                     continue
                 chunk = conn.unsent

@@ -212,7 +212,7 @@ class Threaded:
     def serve(self, w):
         """One worker thread: wait for a connection, serve it until the client closes."""
         server, c, gil = self.server, self.server.costs, self.gil
-        cache, sizes, sndbuf, reply_sent = server.cache, server.sizes, server.sndbuf, server.reply_sent
+        cache, sizes, reply_sent = server.cache, server.sizes, server.reply_sent
         header = c.write + c.write_u * server.header_bytes
         per_byte = c.sendfile_u + c.net_tx_u
         woke = 0.0                               # the wake-up the next burst pays (0: none)
@@ -251,12 +251,12 @@ class Threaded:
                 yield from self.locked(w, wake + c.read, python, header + body, takes=3)
             conn.unsent = conn.size
             miss = cache.touch(f, sizes[f])
-            blocked = miss is not None or (not conn.closed and conn.size > sndbuf)
+            blocked = miss is not None or (not conn.closed and conn.size > conn.sndbuf)
             t = server.env.now
             if miss is not None:
                 yield from server.block(w, miss)
-            if not conn.closed and conn.size > sndbuf:   # sendfile blocks until the rest fits the buffer
-                yield from server.blocking_send(w, conn, conn.size - sndbuf)
+            if not conn.closed and conn.size > conn.sndbuf:   # sendfile blocks until the rest fits the buffer
+                yield from server.blocking_send(w, conn, server.must_leave(conn, conn.size))
             if blocked:                          # back from sendfile: the return takes the lock again
                 wake = c.wakeup if server.env.now > t and cpu.free else 0.0   # slept there, woken on an idle core
                 if gil is not None and server.env.now > t and not cpu.free and self.one_core:

@@ -129,7 +129,7 @@ class WatPipe:
 
     def writer(self, w):
         server, c = self.server, self.server.costs
-        cache, sizes, sndbuf, reply_sent = server.cache, server.sizes, server.sndbuf, server.reply_sent
+        cache, sizes, reply_sent = server.cache, server.sizes, server.reply_sent
         header_cpu = c.write + c.write_u * server.header_bytes
         per_byte = c.sendfile_u + c.net_tx_u
         queue, reader, selector = self.queue, self.reader, self.selector
@@ -144,7 +144,7 @@ class WatPipe:
                 done += 1
                 if conn.closed or conn.owner is None:
                     continue
-                chunk = min(conn.unsent, sndbuf)
+                chunk = min(conn.unsent, conn.sndbuf)
                 cpu += c.sendfile + per_byte * chunk
                 miss = None
                 if conn.unsent == conn.size:          # the first piece: header, and the file is touched

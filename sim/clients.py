@@ -32,7 +32,8 @@ class Connection:
     """One client session and its persistent connection, seen from both ends."""
 
     __slots__ = ("id", "left", "burst_left", "file", "size", "sent_at", "reqno", "closed", "owner",
-                 "link", "queued", "unsent", "flow", "waiter", "retries", "born", "accepted", "state", "tpl")
+                 "link", "queued", "unsent", "flow", "waiter", "retries", "born", "accepted", "state", "tpl",
+                 "sndbuf")
 
     def __init__(self, cid, n_requests, born):
         self.id = cid
@@ -54,6 +55,7 @@ class Connection:
         self.accepted = False
         self.state = 0              # model-private state
         self.tpl = None             # the replayed template (files, thinks), or None when drawn
+        self.sndbuf = 0             # the socket's send buffer in bytes, set when the server accepts it
 
 
 class Clients:

@@ -43,6 +43,10 @@ class Hardware:
                                     min=4, max=1_048_576)
     disks: int = knob(1, "independent disks (the file set is striped over them)", min=1, max=256)
     sndbuf_kb: float = knob(64.0, "socket send buffer per connection in KB", min=1, max=65536)
+    sndbuf_initial_kb: float = knob(0.0, "a new connection's send buffer in KB (tcp_wmem[1]); it grows with the "
+                                    "congestion window as Linux 2.6's autotuning grows it, up to sndbuf_kb, and "
+                                    "never shrinks; 0 = every connection has sndbuf_kb from the start",
+                                    min=0, max=65536)
     listen_backlog: int = knob(1024, "listen queue length; a SYN beyond it is dropped", min=1, max=1_000_000)
     syn_retry_s: float = knob(3.0, "TCP SYN retransmission timeout (doubles on each retry)", min=0.01, max=120)
     membus_gb_s: float = knob(0.0, "memory bus bandwidth shared by all cores in GB/s; 0 = unlimited, the bus off "

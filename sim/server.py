@@ -15,6 +15,20 @@ from .config import Hardware, Profile
 from .operations import OPTIONAL_OPERATIONS, Cost
 from .hardware import CPU, Disk, Link, ThrottledDisk, page_cache
 
+# Linux 2.6.16's send-buffer autotuning (tcp_new_space in net/ipv4/tcp_input.c): the buffer becomes
+# 2 x cwnd x (one segment's memory: 1,460 B of MSS + TCP/IP headroom + the sk_buff, about 1.8 KB).
+# A connection starts with cwnd = 3 segments (RFC 3390 for a 1,460 B MSS), and in slow start it
+# gains one segment per ACK, i.e. one per two full segments with delayed ACKs. After an idle period
+# cwnd starts again from 3 (RFC 2861), but the buffer keeps the size it reached.
+SEGMENT_MEMORY = 1822
+SEGMENT_PAYLOAD = 1448
+INITIAL_CWND = 3
+
+
+def autotuned_sndbuf(sent: float) -> float:
+    """The send buffer autotuning asks for once `sent` bytes of one reply have been acknowledged."""
+    return 2 * SEGMENT_MEMORY * (INITIAL_CWND + sent / (2 * SEGMENT_PAYLOAD))
+
 
 class Costs:
     """The profile's operation costs as plain attributes (fixed seconds, `_b` per unit), for the hot path."""
@@ -85,7 +99,8 @@ class Server:
             self.disk = Disk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6, hw.disk_readahead_kb * 1024,
                              indirect=hw.file_system == "ext3")
         self.cache = page_cache(env, self.disk, hw)
-        self.sndbuf = hw.sndbuf_kb * 1024
+        self.sndbuf = hw.sndbuf_kb * 1024              # the autotuned ceiling, tcp_wmem[2]
+        self.sndbuf_start = min(self.sndbuf, hw.sndbuf_initial_kb * 1024) or self.sndbuf
         self.backlog: deque = deque()
         self.listeners: list[Entity] = []
         self.max_conns = 1 << 62
@@ -167,6 +182,7 @@ class Server:
         conn.owner = entity
         self._rr = (self._rr + 1) % len(self.links)
         conn.link = self.links[self._rr]
+        conn.sndbuf = self.sndbuf_start
         entity.nconns += 1
         self.open_conns += 1
         self.add_footprint(self.profile.footprint.connection_kb)
@@ -195,6 +211,21 @@ class Server:
         """Hand `nbytes` of the reply to the socket; `on_done(conn)` when they have left the NIC."""
         conn.unsent -= nbytes
         conn.flow = conn.link.send(nbytes, on_done, conn)
+        if conn.sndbuf < self.sndbuf:              # the window opens as these bytes are acknowledged
+            conn.sndbuf = min(self.sndbuf, max(conn.sndbuf, autotuned_sndbuf(conn.size - conn.unsent)))
+
+    def must_leave(self, conn, nbytes: float) -> float:
+        """Bytes of a blocking send of `nbytes` that must leave before the rest fits the socket buffer.
+
+        The send starts a reply, and the buffer grows while its bytes leave: the sender wakes at
+        the first x with nbytes - x <= min(ceiling, max(buffer now, autotuned_sndbuf(x))).
+        With a buffer at its ceiling that is nbytes - buffer.
+        """
+        fixed = nbytes - conn.sndbuf
+        if conn.sndbuf >= self.sndbuf:
+            return max(0.0, fixed)
+        growing = (nbytes - autotuned_sndbuf(0)) / (1 + SEGMENT_MEMORY / SEGMENT_PAYLOAD)
+        return max(0.0, nbytes - self.sndbuf, min(fixed, growing))
 
     def reply_sent(self, conn) -> None:
         """A piece of a reply has left the NIC: the socket is writable again, or the reply is complete."""
@@ -207,11 +238,45 @@ class Server:
             conn.state = 0
             self.clients.reply_done(conn)
 
-    def blocking_send(self, entity: Entity, conn, nbytes: float):
-        """A blocking send: `entity` sleeps until `nbytes` have left and the rest fits the socket buffer."""
+    def send_and_wait(self, entity: Entity, conn, nbytes: float):
+        """`entity` hands `nbytes` to the socket and sleeps until they have left (a poll on it)."""
         conn.waiter = ev = simpy.Event(self.env)
         self.send(conn, nbytes, self._unblock)
         yield from self.block(entity, ev)
+
+    def blocking_send(self, entity: Entity, conn, nbytes: float):
+        """A blocking send: `entity` sleeps until `nbytes` have left and the rest fits the socket buffer.
+
+        The kernel wakes a sender sleeping on a full socket each time a third of the buffer has
+        drained (sk_stream_write_space: queued <= 2/3 of the buffer); the sender queues as much
+        again and sleeps. So a send many buffers long costs the sender one trip through the CPU,
+        and its context switches, per third of a buffer. The bytes are queued at once (the
+        socket still holds two thirds), so the link never waits for the sender.
+        """
+        conn.waiter = done = simpy.Event(self.env)
+        left = [nbytes]
+        woken = [None]
+
+        def drained(c):
+            c.flow = None
+            if left[0] > 0 and c.waiter is done:
+                piece = min(left[0], c.sndbuf / 3)
+                left[0] -= piece
+                self.send(c, piece, drained)
+                if woken[0] is not None and not woken[0].triggered:
+                    woken[0].succeed()
+            else:
+                self._unblock(c)
+
+        piece = min(nbytes, conn.sndbuf / 3)
+        left[0] = nbytes - piece
+        self.send(conn, piece, drained)
+        while not done.triggered:
+            woken[0] = ev = simpy.Event(self.env)
+            yield from self.block(entity, self.env.any_of((done, ev)))
+            if done.triggered:
+                break
+            yield self.cpu.run(entity, 0.0)        # the wake-up: a switch in, queue the next third
 
     def _unblock(self, conn) -> None:
         conn.flow = None

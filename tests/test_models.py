@@ -458,3 +458,96 @@ def test_load_generator_descriptor_limit_caps_open_sessions_and_fails_the_rest_a
     # the planner's processes are the ones the limit multiplies
     k = math.ceil(150 * w.mean_session_think_s / 300)
     assert k > 1 and dataclasses.replace(w, generator_sessions_per_process=300).max_open_sessions(1500) == 300 * k
+
+
+def _one_connection(tmp_path, initial_kb, ceiling_kb=128):
+    """A server built from a small scenario, and one accepted connection on it."""
+    from sim.clients import Connection
+    sc = scenario(tmp_path, '\n[[server]]\nlabel = "b"\narchitecture = "symped"\nprocesses = 2\n'
+                  'blocking_sockets = true\n', rate=1)
+    sc = dataclasses.replace(sc, hardware=dataclasses.replace(sc.hardware, sndbuf_initial_kb=initial_kb,
+                                                              sndbuf_kb=ceiling_kb, nics=1, nic_gbps=0.01))
+    env, server, clients, entities = build(sc, sc.servers[0], 1, 0)
+    conn = Connection(10**9, 1, 0.0)
+    server._attach(entities[0], conn)
+    return env, server, entities, conn
+
+
+def test_send_buffer_starts_small_and_grows_with_the_window_but_never_shrinks(tmp_path):
+    """Linux 2.6's autotuning: a new connection has tcp_wmem[1]; the buffer follows 2 x cwnd x a
+    segment's memory as a reply's bytes leave, up to tcp_wmem[2], and keeps what it reached."""
+    from sim.server import autotuned_sndbuf
+    env, server, _, conn = _one_connection(tmp_path, 16)
+    assert conn.sndbuf == 16 * 1024
+    conn.size = conn.unsent = 40_000
+    server.send(conn, 40_000, lambda c: None)
+    assert conn.sndbuf == pytest.approx(autotuned_sndbuf(40_000)) and 16 * 1024 < conn.sndbuf < 128 * 1024
+    grown = conn.sndbuf
+    conn.size = conn.unsent = 2_000                   # a small reply later (cwnd restarted after idle)
+    server.send(conn, 2_000, lambda c: None)
+    assert conn.sndbuf == grown                       # the buffer does not shrink
+    conn.size = conn.unsent = 1_000_000
+    server.send(conn, 1_000_000, lambda c: None)
+    assert conn.sndbuf == 128 * 1024                  # the ceiling
+    _, server, _, fresh = _one_connection(tmp_path, 16)
+    x = server.must_leave(fresh, 40_000)              # a blocking send of 40 KB on a fresh socket
+    assert 0 < x < 40_000 - 16 * 1024                 # less than with a fixed 16 KB: the buffer grows
+    assert 40_000 - x == pytest.approx(autotuned_sndbuf(x))              # ... and the rest just fits
+    _, _, _, fixed = _one_connection(tmp_path, 0)
+    assert fixed.sndbuf == 128 * 1024                 # 0: every connection starts at the ceiling
+
+
+@pytest.mark.parametrize("initial_kb", [16, 0])
+def test_blocking_send_wakes_the_sender_per_third_of_a_buffer_and_the_link_never_waits(tmp_path, initial_kb):
+    """A sender blocked on a full socket is woken each time a third of its buffer has drained, and
+    goes through the CPU each time (held by another process throughout); the bytes keep leaving
+    at the link's rate meanwhile, and it returns once the rest fits the (grown) buffer."""
+    env, server, _, conn = _one_connection(tmp_path, initial_kb)
+    from sim.server import Entity
+    hog, sender = Entity(server, "hog"), Entity(server, "sender")
+    wakes = []
+
+    class CountingCPU:                                # the server's CPU, counting the sender's trips
+        def __init__(self, cpu):
+            self.cpu = cpu
+
+        def __getattr__(self, name):
+            return getattr(self.cpu, name)
+
+        def run(self, entity, seconds):
+            if entity is sender:
+                wakes.append(env.now)
+            return self.cpu.run(entity, seconds)
+    server.cpu = CountingCPU(server.cpu)
+    size = 1_000_000
+    conn.size = conn.unsent = size
+    x = server.must_leave(conn, size)
+    done, left_nic = [], []
+    unblock = server._unblock
+
+    def last_byte_left(c):
+        if c is conn:                                 # the link's busy time since the send began
+            left_nic.append((env.now, server.links[0].busy_time(env.now)))
+        unblock(c)
+    server._unblock = last_byte_left
+
+    def hogging():                                    # another process keeps the CPU busy throughout
+        while True:
+            yield server.cpu.run(hog, 0.005)
+
+    def sending():
+        yield from server.blocking_send(sender, conn, x)
+        done.append(env.now)
+    env.process(hogging())
+    env.process(sending())
+    env.run(until=5.0)
+    (last_byte, busy), = left_nic
+    assert busy == pytest.approx(last_byte, rel=1e-9)                  # the link never waited
+    assert last_byte >= x / server.links[0].rate * (1 - 1e-9)
+    assert done and done[0] >= last_byte
+    assert size - x <= conn.sndbuf * (1 + 1e-9) and conn.unsent == pytest.approx(size - x)
+    assert x == pytest.approx(size - 128 * 1024)      # a long reply: the rest fits the ceiling
+    if initial_kb == 0:                               # a fixed buffer: one wake per third of it
+        assert len(wakes) == math.ceil(x / (128 * 1024 / 3)) - 1
+    else:                                             # growing: the thirds grow too, so fewer wakes
+        assert 3 <= len(wakes) < math.ceil(x / (16 * 1024 / 3))
