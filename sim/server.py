@@ -249,13 +249,17 @@ class Server:
 
         The kernel wakes a sender sleeping on a full socket each time a third of the buffer has
         drained (sk_stream_write_space: queued <= 2/3 of the buffer); the sender queues as much
-        again and sleeps. So a send many buffers long costs the sender one trip through the CPU,
-        and its context switches, per third of a buffer. The bytes are queued at once (the
-        socket still holds two thirds), so the link never waits for the sender.
+        again and sleeps, while the bytes already queued keep leaving. So each third costs the
+        sender a trip through the CPU (a switch in, and one out), unless it is still waiting for
+        the CPU since the last wake-up: a runnable task is not woken twice.
         """
         conn.waiter = done = simpy.Event(self.env)
+        cpu = self.cpu
         left = [nbytes]
-        woken = [None]
+        waking = [False]                           # a wake-up burst queued and not yet run
+
+        def ran(_ev):
+            waking[0] = False
 
         def drained(c):
             c.flow = None
@@ -263,20 +267,16 @@ class Server:
                 piece = min(left[0], c.sndbuf / 3)
                 left[0] -= piece
                 self.send(c, piece, drained)
-                if woken[0] is not None and not woken[0].triggered:
-                    woken[0].succeed()
+                if not waking[0]:
+                    waking[0] = True
+                    cpu.run(entity, 0.0).callbacks.append(ran)
             else:
                 self._unblock(c)
 
         piece = min(nbytes, conn.sndbuf / 3)
         left[0] = nbytes - piece
         self.send(conn, piece, drained)
-        while not done.triggered:
-            woken[0] = ev = simpy.Event(self.env)
-            yield from self.block(entity, self.env.any_of((done, ev)))
-            if done.triggered:
-                break
-            yield self.cpu.run(entity, 0.0)        # the wake-up: a switch in, queue the next third
+        yield from self.block(entity, done)
 
     def _unblock(self, conn) -> None:
         conn.flow = None

@@ -263,10 +263,12 @@ class QuotaCPU:
     """One FIFO core under a CFS quota, with the contract the threaded model reads: a burst runs
     at full speed while the period's share lasts and waits out the rest of the period; its event
     carries `cut`, the CPU seconds into it where the share ran out; `queue` holds the bursts not
-    yet started; `free` the idle cores."""
+    yet started; `free` the idle cores; `switches` and `switch_cost` what a blocking send charges
+    for its wake-ups (no switches here otherwise)."""
 
     def __init__(self, env, share_s, period_s):
         self.env, self.share, self.period = env, share_s, period_s
+        self.switches, self.switch_cost = 0, 3e-6
         self.k, self.left = -1, 0.0
         self.starts: deque = deque()
         self.busy_until = 0.0
@@ -497,17 +499,15 @@ def test_send_buffer_starts_small_and_grows_with_the_window_but_never_shrinks(tm
     assert fixed.sndbuf == 128 * 1024                 # 0: every connection starts at the ceiling
 
 
-@pytest.mark.parametrize("initial_kb", [16, 0])
-def test_blocking_send_wakes_the_sender_per_third_of_a_buffer_and_the_link_never_waits(tmp_path, initial_kb):
-    """A sender blocked on a full socket is woken each time a third of its buffer has drained, and
-    goes through the CPU each time (held by another process throughout); the bytes keep leaving
-    at the link's rate meanwhile, and it returns once the rest fits the (grown) buffer."""
+def _blocking_send_under_a_hog(tmp_path, initial_kb, hog_burst_s):
+    """A 1 MB blocking send on a fresh connection while another process takes the CPU in bursts of
+    `hog_burst_s`: (bytes sent blocked, times the sender ran, (last byte's time, link busy time))."""
     env, server, _, conn = _one_connection(tmp_path, initial_kb)
     from sim.server import Entity
     hog, sender = Entity(server, "hog"), Entity(server, "sender")
-    wakes = []
+    runs, left_nic = [], []
 
-    class CountingCPU:                                # the server's CPU, counting the sender's trips
+    class CountingCPU:                                # the server's CPU, noting the sender's bursts
         def __init__(self, cpu):
             self.cpu = cpu
 
@@ -516,13 +516,9 @@ def test_blocking_send_wakes_the_sender_per_third_of_a_buffer_and_the_link_never
 
         def run(self, entity, seconds):
             if entity is sender:
-                wakes.append(env.now)
+                runs.append(env.now)
             return self.cpu.run(entity, seconds)
     server.cpu = CountingCPU(server.cpu)
-    size = 1_000_000
-    conn.size = conn.unsent = size
-    x = server.must_leave(conn, size)
-    done, left_nic = [], []
     unblock = server._unblock
 
     def last_byte_left(c):
@@ -530,24 +526,39 @@ def test_blocking_send_wakes_the_sender_per_third_of_a_buffer_and_the_link_never
             left_nic.append((env.now, server.links[0].busy_time(env.now)))
         unblock(c)
     server._unblock = last_byte_left
+    size = 1_000_000
+    conn.size = conn.unsent = size
+    x = server.must_leave(conn, size)
 
-    def hogging():                                    # another process keeps the CPU busy throughout
+    def hogging():
         while True:
-            yield server.cpu.run(hog, 0.005)
-
-    def sending():
-        yield from server.blocking_send(sender, conn, x)
-        done.append(env.now)
+            yield server.cpu.run(hog, hog_burst_s)
     env.process(hogging())
-    env.process(sending())
+    env.process(server.blocking_send(sender, conn, x))
     env.run(until=5.0)
-    (last_byte, busy), = left_nic
-    assert busy == pytest.approx(last_byte, rel=1e-9)                  # the link never waited
-    assert last_byte >= x / server.links[0].rate * (1 - 1e-9)
-    assert done and done[0] >= last_byte
     assert size - x <= conn.sndbuf * (1 + 1e-9) and conn.unsent == pytest.approx(size - x)
     assert x == pytest.approx(size - 128 * 1024)      # a long reply: the rest fits the ceiling
+    (last_byte, busy), = left_nic
+    assert busy == pytest.approx(last_byte, rel=1e-9)                  # the link never waited
+    assert last_byte >= x / server.links[0].rate * (1 - 1e-9)         # (the clients' few replies share it)
+    return x, runs, last_byte
+
+
+@pytest.mark.parametrize("initial_kb", [16, 0])
+def test_blocking_send_wakes_the_sender_per_third_of_a_buffer_and_the_link_never_waits(tmp_path, initial_kb):
+    """A sender blocked on a full socket is woken each time a third of its buffer has drained, and
+    each wake is a trip through the CPU (here held by another process in short bursts); the bytes
+    keep leaving at the link's rate meanwhile, and the send ends once the rest fits the buffer."""
+    x, runs, _ = _blocking_send_under_a_hog(tmp_path, initial_kb, 0.005)
     if initial_kb == 0:                               # a fixed buffer: one wake per third of it
-        assert len(wakes) == math.ceil(x / (128 * 1024 / 3)) - 1
+        assert len(runs) == math.ceil(x / (128 * 1024 / 3)) - 1
     else:                                             # growing: the thirds grow too, so fewer wakes
-        assert 3 <= len(wakes) < math.ceil(x / (16 * 1024 / 3))
+        assert 3 <= len(runs) < math.ceil(x / (16 * 1024 / 3))
+
+
+def test_a_sender_still_waiting_for_the_cpu_is_not_woken_twice(tmp_path):
+    """When the CPU is held longer than a third of the buffer takes to drain, the wake-ups that
+    come while the sender waits for it are one: it runs once per hog burst at most."""
+    x, runs, last_byte = _blocking_send_under_a_hog(tmp_path, 0, 0.2)
+    thirds = math.ceil(x / (128 * 1024 / 3)) - 1
+    assert 0 < len(runs) <= last_byte / 0.2 + 1 < thirds
