@@ -10,7 +10,12 @@ profile, unchanged, at the same offered rates:
   sped-cpu        the calibration's own configuration (in sample)
   symped-2p       two event-loop processes sharing the core             (held out)
   threaded-gil    a kernel thread per connection, CPython's lock on     (held out)
-  nic-tbf         sped behind a veth link shaped by tbf, a whole core   (held out)
+  nic-tbf         sped behind a veth link shaped by tbf, a whole core;  (held out)
+                  both sides replay the same 100 sessions (`--nic-sessions`):
+                  at the link's bound the reply rate is the goodput over
+                  the mean reply size, and two independent 10-15 s samples
+                  of these heavy-tailed sizes differ by about 7 % (one
+                  standard deviation)
   disk-cgroup     sped in a memory cgroup smaller than the file set, its
                   reads throttled by blkio (200/s, 20 MB/s: the machine's
                   disk is host-cached), page cache dropped first, then
@@ -132,6 +137,9 @@ class Settings:
     # sessions both sides of the disk case replay (0: each httperf file drawn afresh, the simulator's
     # sessions too): httperf holds 1,000 per file, and eight processes are the most the study ran
     disk_sessions: int = MAX_INSTANCES * MAX_TEMPLATES
+    # sessions both sides of the NIC case replay: few enough that each window holds every one of them
+    # several times at the link's bound (about 45 sessions a second), so both see the same reply sizes
+    nic_sessions: int = 100
     sim_warmup_s: float = 5.0
     sim_duration_s: float = 10.0
     jobs: int = 2
@@ -420,10 +428,14 @@ def reads_serviced(group, key: str = "blkio.throttle.io_serviced") -> int:
     return total
 
 
+def replayed(workload, sessions: int, seed: int):
+    """`workload` with `sessions` templates that both sides replay in turn (0: fresh draws)."""
+    return dataclasses.replace(workload, session_templates=sessions, template_seed=seed) if sessions else workload
+
+
 def disk_workload(directories: int, sessions: int, seed: int):
     """The disk case's workload: `sessions` templates replayed by both sides (0: fresh draws)."""
-    w = workload_for(directories)
-    return dataclasses.replace(w, session_templates=sessions, template_seed=seed) if sessions else w
+    return replayed(workload_for(directories), sessions, seed)
 
 
 def counted_sweep(srv, workload, rates, st: Settings, blk) -> list[dict]:
@@ -464,6 +476,8 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             hw["nic_gbps"] = round(goodput_gbps(st.link_mbit), 6)
             server_kw.update(wrap=link.server_wrap, host=link.server_addr)
             extra.update(link_mbit=st.link_mbit, nic_goodput_gbps=hw["nic_gbps"])
+            workload = replayed(workload, st.nic_sessions, st.seed)
+            extra["session_templates"] = st.nic_sessions
         elif case.setting == "disk":
             root = prepare_root(None, st.disk_directories, os.path.join(st.workdir, "disk"))
             workload = disk_workload(st.disk_directories, st.disk_sessions, st.seed)
@@ -820,6 +834,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sessions both sides of the disk case replay in turn (default "
                         f"{MAX_INSTANCES * MAX_TEMPLATES}: {MAX_INSTANCES} httperf processes of {MAX_TEMPLATES}, "
                         "httperf's limit per file); 0: fresh sessions in the simulator, 1,000 per httperf file live")
+    p.add_argument("--nic-sessions", type=int, default=Settings.nic_sessions,
+                   help=f"sessions both sides of the NIC case replay in turn (default {Settings.nic_sessions}); "
+                        "0: fresh sessions in the simulator, 1,000 per httperf file live")
     p.add_argument("--jobs", type=int, default=2, help="simulator processes (default 2)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -865,6 +882,9 @@ def main(argv=None) -> int:
             raise CalibrationError(f"--repeat must be in 1..9, got {args.repeat}")
         if args.directories < 1 or args.disk_directories < 1 or args.jobs < 1:
             raise CalibrationError("--directories, --disk-directories and --jobs must be at least 1")
+        if not 0 <= args.nic_sessions <= MAX_INSTANCES * MAX_TEMPLATES:
+            raise CalibrationError(f"--nic-sessions must be in 0..{MAX_INSTANCES * MAX_TEMPLATES}, "
+                                   f"got {args.nic_sessions}")
         if not 0 <= args.disk_sessions <= MAX_INSTANCES * MAX_TEMPLATES:
             raise CalibrationError(f"--disk-sessions must be in 0..{MAX_INSTANCES * MAX_TEMPLATES} (httperf holds "
                                    f"{MAX_TEMPLATES} per process, at most {MAX_INSTANCES} processes), "
@@ -879,7 +899,7 @@ def main(argv=None) -> int:
                       duration_s=args.duration or (8.0 if args.quick else 15.0),
                       fractions=(0.5, 0.9, 1.3) if args.quick else (0.4, 0.7, 0.9, 1.1, 1.4),
                       link_mbit=args.link_mbit, disk_directories=args.disk_directories, memory_limit_mb=args.memory_mb,
-                      disk_sessions=args.disk_sessions,
+                      disk_sessions=args.disk_sessions, nic_sessions=args.nic_sessions,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
                       jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
                       sim_quota=not args.slower_core, repeat=args.repeat)
@@ -947,7 +967,7 @@ def main(argv=None) -> int:
                                    "sim_quota": st.sim_quota, "threaded_period_us": known["threaded-gil"].cpu_period_us,
                                    "fractions": list(st.fractions), "link_mbit": st.link_mbit,
                                    "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
-                                   "disk_sessions": st.disk_sessions,
+                                   "disk_sessions": st.disk_sessions, "nic_sessions": st.nic_sessions,
                                    "sim_duration_s": st.sim_duration_s, "quick": st.quick},
                       "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
                                   "blackbox_error_pct": BLACKBOX_TARGET_PCT},

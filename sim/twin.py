@@ -18,13 +18,24 @@ from .config import Scenario, ServerSpec
 from .hardware import Disk
 
 
+def request_shares(workload) -> np.ndarray:
+    """Each file's share of the requests: its popularity, or with replayed sessions their own counts
+    (a few hundred sessions can ask for bigger or smaller files than the popularity says)."""
+    fs = workload.fileset
+    if not workload.session_templates:
+        return fs.probabilities
+    counts = np.bincount([f for files, _ in workload.templates() for f in files], minlength=len(fs.sizes))
+    return counts / counts.sum()
+
+
 def reply_stats(scenario: Scenario) -> tuple[float, float]:
     """Mean reply bytes and mean number of socket-buffer pieces per reply."""
     fs = scenario.workload.fileset
     sizes = fs.sizes + scenario.workload.header_bytes
     sndbuf = scenario.hardware.sndbuf_kb * 1024
     pieces = np.ceil(sizes / sndbuf)
-    return float(fs.probabilities @ sizes), float(fs.probabilities @ pieces)
+    share = request_shares(scenario.workload)
+    return float(share @ sizes), float(share @ pieces)
 
 
 def miss_probabilities(fileset, cache_bytes: float, policy: str = "lru") -> np.ndarray | None:

@@ -531,6 +531,45 @@ def test_disk_case_replays_the_same_templates_in_its_scenario(tmp_path):
     assert back.max_open_sessions(10_000.0) == FD_LIMIT * w.generator_processes(10_000.0) > 0
 
 
+def test_nic_case_replays_few_sessions_so_both_sides_see_the_same_reply_sizes(tmp_path):
+    """At the link's bound the reply rate is the goodput over the mean reply size, and the sizes are
+    heavy-tailed: the NIC case replays --nic-sessions templates (100 by default) on both sides, and a
+    simulated window at the link's bound draws its files from them alone, each session several times."""
+    from calibration.calibrate import workload_for
+    from calibration.validate import replayed
+    from sim.clients import Clients
+    st = Settings(out=str(tmp_path))
+    assert st.nic_sessions == 100
+    w = replayed(workload_for(2), st.nic_sessions, 7)
+    assert (w.session_templates, w.template_seed) == (100, 7) and replayed(w, 0, 7) is w
+    files = {f for t in w.templates() for f in t[0]}
+    rng = np.random.default_rng(1)
+    seen = []
+
+    class Recorder:                                   # a server that notes each session's template
+        header_bytes, open_conns = 200, 0
+        hw = Hardware(syn_retry_s=100.0)
+
+        def syn(self, conn):
+            seen.append(conn.tpl)
+            return False
+    from sim.timer import Environment
+    env = Environment()
+    Clients(env, w, 440.0, rng, Recorder(), (0.0, 10.0))
+    env.run(until=10.0)
+    assert len(seen) > 3 * 100                        # every template came round more than three times
+    assert {f for t in seen for f in t[0]} <= files and len({id(t) for t in seen}) == 100
+    # the twin picks the case's rates from the same sessions' sizes, not from the popularity
+    from sim.twin import request_shares
+    share = request_shares(w)
+    asked = [f for t in w.templates() for f in t[0]]
+    assert share.sum() == pytest.approx(1.0) and set(np.flatnonzero(share)) == set(asked)
+    sizes = w.fileset.sizes
+    assert share @ sizes == pytest.approx(np.mean([sizes[f] for f in asked]))
+    fresh = workload_for(2)
+    assert request_shares(fresh) is fresh.fileset.probabilities
+
+
 def test_throttle_is_read_as_slices_of_reads_at_the_device_speed():
     """blk-throttle passes a slice's worth of reads at the device's speed and holds the next one until
     the next slice: from the latencies of reads issued one at a time, the device's time, the reads per
