@@ -33,7 +33,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sim.runner import run_scenario  # noqa: E402
+from sim.runner import parse_overrides, run_scenario  # noqa: E402
 from sim.scenario import ScenarioError, format_error, load_scenario  # noqa: E402
 
 SCENARIO = os.path.join(REPO, "scenarios", "paper-fig7.toml")
@@ -65,6 +65,17 @@ BEST = "userver-shared-nb-30K-10p"
 THREE_BEST = ("userver-shared-nb-30K-10p", "WatPipe-20K-25p", "userver-nb-30K-4p")
 KNOTS = ("knot-b-20K-100w", "knot-nb-15K-50w", "knot-c-20K-100w-1GB")
 GAP_RATE = 15000
+
+
+def paper_scenario(overrides: dict, sets: list[str], tag: str):
+    """scenarios/paper-fig7.toml with `overrides` and the `--set KEY=VALUE` items; None (said why) if bad."""
+    try:
+        return load_scenario(SCENARIO, overrides={**overrides, **parse_overrides(sets)})
+    except ValueError as e:
+        print(f"{tag}: {e}", file=sys.stderr)
+    except ScenarioError as e:
+        print(format_error(e), file=sys.stderr)
+    return None
 
 
 def study_at(table, label, rate):
@@ -167,16 +178,8 @@ def main(argv=None) -> int:
         overrides["run.duration_s"] = str(args.duration)
     if args.batches:
         overrides.update({"run.replications": "1", "run.max_replications": "1", "run.batches": str(args.batches)})
-    for kv in args.set:
-        key, eq, value = kv.partition("=")
-        if not eq:
-            print(f"fig7: --set {kv!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        overrides[key] = value
-    try:
-        scenario = load_scenario(SCENARIO, overrides=overrides)
-    except ScenarioError as e:
-        print(format_error(e), file=sys.stderr)
+    scenario = paper_scenario(overrides, args.set, "fig7")
+    if scenario is None:
         return 2
     if args.labels:
         want = args.labels.split(",")

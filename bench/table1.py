@@ -3,7 +3,7 @@
     python bench/table1.py [--warmup S] [--duration S] [--set key=value] [--jobs N] [--json OUT]
 
 Runs the seven configurations of Table 1 (PAPER.md section 5.4) from
-scenarios/paper-fig7.toml at 12,000 requests/s offered, and prints per
+scenarios/paper-fig7.toml (loaded as bench/fig7.py loads it) at 12,000 requests/s offered, and prints per
 configuration the reply rate, Mbps, CPU per reply and kernel context switches per
 second, simulated and the study's. The costs of the profile were derived from the
 table's CPU shares, so the CPU per reply is a consistency check, not a prediction;
@@ -28,10 +28,11 @@ from dataclasses import replace
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sim.runner import run_scenario  # noqa: E402
-from sim.scenario import ScenarioError, format_error, load_scenario  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "bench"))
 
-SCENARIO = os.path.join(REPO, "scenarios", "paper-fig7.toml")
+from fig7 import paper_scenario  # noqa: E402
+from sim.runner import run_scenario  # noqa: E402
+
 RATE = 12000
 
 # PAPER.md 5.4: (replies/s, Mbps, kernel context switches/s) per configuration, Figure 7's labels.
@@ -75,16 +76,8 @@ def main(argv=None) -> int:
         overrides["run.warmup_s"] = str(args.warmup)
     if args.duration is not None:
         overrides["run.duration_s"] = str(args.duration)
-    for kv in args.set:
-        key, eq, value = kv.partition("=")
-        if not eq:
-            print(f"table1: --set {kv!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        overrides[key] = value
-    try:
-        scenario = load_scenario(SCENARIO, overrides=overrides)
-    except ScenarioError as e:
-        print(format_error(e), file=sys.stderr)
+    scenario = paper_scenario(overrides, args.set, "table1")
+    if scenario is None:
         return 2
     scenario = replace(scenario, servers=tuple(s for s in scenario.servers if s.label in TABLE1))
     t = time.monotonic()
