@@ -63,7 +63,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -183,12 +182,6 @@ def parse_wsesslog(text: str) -> list[list[tuple[str, float | None]]]:
     return sessions
 
 
-@lru_cache(maxsize=64)
-def mean_session_think_s(workload: Workload) -> float:
-    """Expected think time summed over one session (Workload.mean_session_think_s, cached)."""
-    return workload.mean_session_think_s
-
-
 def offered_in_window(logs: list[SessionLog], rates: list[float], spans: list[float], a: float, b: float) -> float:
     """Expected requests issued in [a, b) by Poisson sessions at `rates` over [0, span] using `logs`' sessions."""
     total = 0.0
@@ -290,7 +283,7 @@ def _wmean(pairs) -> float:
 def plan_instances(workload: Workload, offered_rps: float, conns_per_instance: int = CONNS_PER_INSTANCE,
                    max_instances: int = MAX_INSTANCES) -> tuple[int, float]:
     """(httperf processes needed, estimated concurrent sessions) for an offered request rate."""
-    concurrency = workload.session_rate(offered_rps) * mean_session_think_s(workload)
+    concurrency = workload.session_rate(offered_rps) * workload.mean_session_think_s
     k = dataclasses.replace(workload, generator_sessions_per_process=conns_per_instance,
                             session_templates=0).generator_processes(offered_rps)
     if k > max_instances:
@@ -401,7 +394,7 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
     m = merge(parts)
     spans = [c / lam for c, lam in zip(counts, rates)]
     if warmup_s is None:
-        warmup_s = min(mean_session_think_s(workload), duration_s / 2)
+        warmup_s = min(workload.mean_session_think_s, duration_s / 2)
     first = math.ceil(warmup_s / SAMPLE_S - 1e-9)
     last = int(math.floor(duration_s / SAMPLE_S + 1e-9))  # samples [first, last) lie within the window
     last = min(last, len(m["samples"]))

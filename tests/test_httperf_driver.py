@@ -36,7 +36,7 @@ def test_session_file_round_trip(tmp_path):
     assert all(s[-1][1] is None for s in sessions)
     # think times: the mix of within-burst and between-burst pauses has the model's mean per session
     totals = np.array([sum(t for _, t in s[:-1]) for s in sessions])
-    expect = hp.mean_session_think_s(w)
+    expect = w.mean_session_think_s
     assert abs(totals.mean() - expect) < 0.08 * expect
     assert [a[-1] for a in log.ages] == pytest.approx(list(totals), abs=1e-9)
     # same rng seed, same file
@@ -56,7 +56,7 @@ def test_fixed_think_times_mark_the_bursts(tmp_path):
     # the burst count matches the expectation used to size the load (an independent Monte Carlo of Workload)
     rng = np.random.default_rng(9)
     mc = np.mean([len(w.session(rng)) for _ in range(20000)])
-    exact_think = hp.mean_session_think_s(w)
+    exact_think = w.mean_session_think_s
     exact_bursts = (exact_think - (w.mean_requests_per_session - 1) * w.think_within_burst_s) / (
         w.think_between_bursts_s - w.think_within_burst_s) + 1
     assert exact_bursts == pytest.approx(mc, rel=0.02)
@@ -87,7 +87,7 @@ def test_offered_in_window_counts_every_request_once(tmp_path):
 def test_instances_follow_the_descriptor_limit():
     w = Workload(fileset=FileSet(directories=1))
     k, conc = hp.plan_instances(w, 100.0)
-    assert k == 1 and conc == pytest.approx(10 * hp.mean_session_think_s(w))
+    assert k == 1 and conc == pytest.approx(10 * w.mean_session_think_s)
     k, conc = hp.plan_instances(w, 3000.0)
     assert k == int(np.ceil(conc / hp.CONNS_PER_INSTANCE)) and k > 1
     with pytest.raises(hp.LoadError, match="FD_SETSIZE"):
