@@ -108,13 +108,17 @@ class CPU:
 
     def _finish(self, core):
         done = self._done[core]
-        if done is not None:
-            done.succeed()
         if self.queue:
             entity, seconds, nxt = self.queue.popleft()
             self._start(core, entity, seconds, nxt)
         else:
             self.free.append(core)
+        if done is not None:        # the burst had waited in the queue: its waiters go on now, in this
+            done._ok = True         # step, as they would had it started at once (what succeed() does,
+            done._value = None      # without a second trip through the event heap)
+            callbacks, done.callbacks = done.callbacks, None
+            for callback in callbacks:
+                callback(done)
 
     @property
     def runnable(self) -> int:
