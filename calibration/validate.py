@@ -5,7 +5,11 @@
 First a profile is calibrated on one configuration (live `sped`, traced, on a
 fixed share of core 0; or `--profile` gives one). Then every case runs live
 (untraced, server on core 0, httperf on core 1) and in the simulator with that
-profile, unchanged, at the same offered rates:
+profile at the same offered rates. The calibration's configuration is run
+again after the calibration, before each Python case and after the last, and
+the Python cases are simulated last, with the profile's CPU costs at the host's
+median level over these rounds (calibration/drift.py; not with `--profile`).
+The cases:
 
   sped-cpu        the calibration's own configuration (in sample)
   symped-2p       two event-loop processes sharing the core             (held out)
@@ -68,6 +72,7 @@ from sim.scenario import ScenarioError, load_scenario
 from . import blackbox, micro
 from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
                         workload_for)
+from .drift import ROUND_FRACTION, HostLevel, level_round
 from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
                      run_inside, scaled_profile, sendfile_readahead_kb)
 from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, settle, sustained, sweep,
@@ -457,7 +462,7 @@ def counted_sweep(srv, workload, rates, st: Settings, blk) -> list[dict]:
 
 
 def run_python_case(case: Case, base_profile, root: str, workload, st: Settings) -> dict:
-    """One case of a live Python server: its set-up, the simulator's rates, the live sweep, the simulation."""
+    """One case of a live Python server: its set-up, the simulator's rates and the live sweep."""
     log = st.log
     hw = live_hardware(base_profile.hardware)
     profile, group, link, blk, extra = base_profile, None, None, None, {}
@@ -568,9 +573,20 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             group.close()
         if blk is not None:
             blk.close()
-    sim = simulate(scen, st)
-    return {"live": live, "sim": sim, "twin_bounds": bounds, "rates": rates, "scenario": os.path.relpath(spath, st.out),
-            "setting": extra}
+    # simulated once every live run is done, with the profile at the host's level (calibration/drift.py)
+    return {"live": live, "twin_bounds": bounds, "rates": rates, "setting": extra,
+            "pending": {"profile": profile, "hw": hw, "workload": workload}}
+
+
+def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> dict:
+    """The simulator's side of a Python case: its profile with every CPU cost times the host's `level`."""
+    p = res.pop("pending")
+    profile = p["profile"] if level == 1.0 else scaled_profile(p["profile"], 1.0 / level)
+    scen, spath = case_scenario(case, profile, p["hw"], p["workload"], res["rates"], st,
+                                {"case": case.name, **res["setting"], "host_level": round(level, 4)})
+    res["sim"] = simulate(scen, st)
+    res["scenario"] = os.path.relpath(spath, st.out)
+    return res
 
 
 def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
@@ -681,6 +697,21 @@ def _f(v, fmt="{:.1f}") -> str:
     return fmt.format(v)
 
 
+def host_level_md(h: dict | None) -> list[str]:
+    """The rounds of the calibration's configuration between the cases (calibration/drift.py)."""
+    if not h:
+        return ["Not measured: the profile was given with `--profile`, so there is no calibration run to "
+                "compare the host with."]
+    lines = [f"Live sped, untraced, at {h['rate']:g} requests/s on the calibration's share of the core, "
+             f"after the calibration, before each Python case and after the last. CPU per reply with the "
+             f"wake-ups ({h['wakeup_us']:.1f} us each) taken off. Every CPU cost of the Python cases' "
+             f"profiles is multiplied by the median round over the first: **x{h['factor']:.3f}**.", "",
+             "| round | reply /s | CPU us per reply | kept up | load avg |", "|---|---|---|---|---|"]
+    lines += [f"| {r['when']} | {r['reply_rps']:.0f} | {r['cpu_us_per_reply']:.1f} | "
+              f"{'yes' if r['kept_up'] else 'no (not used)'} | {_f(r['load_avg'])} |" for r in h["rounds"]]
+    return lines
+
+
 def report_md(doc: dict) -> str:
     m = doc["machine"]
     lines = [f"# Validation: live servers against the simulator", "",
@@ -714,6 +745,7 @@ def report_md(doc: dict) -> str:
         lines += ["", "Live sweeps repeated: each rate's median row is compared above. The peak error against each "
                       "sweep alone:", ""]
         lines += [f"- {c['case']}: " + ", ".join(f"{e:+.1f} %" for e in c["peak_error_pct_per_sweep"]) for c in spread]
+    lines += ["", "## Host level", ""] + host_level_md(doc.get("host_level"))
     for c in doc["cases"]:
         lines += ["", f"## {c['case']}", "", f"Live `{c['architecture']}`, model `{c['model']}` {c['knobs']}; "
                   f"setting {c['setting']}. Scenario: `{c['scenario']}`. Plot: `{c['case']}.png`.", "",
@@ -856,6 +888,13 @@ def _terminate(signum, frame):
     raise SystemExit(143)
 
 
+def _summarized(case: Case, res: dict, out: str, log) -> dict:
+    c = summarize_case(case, res)
+    plot_case(c, os.path.join(out, f"{case.name}.png"))
+    log(f"  {case.name}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} % -> {c['verdict']}")
+    return c
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     global _MAIN_PID
@@ -939,7 +978,18 @@ def main(argv=None) -> int:
             write_profile(cal.profile, profile_file, cal.provenance)
             base = load_profile(profile_file)
             profile_file, note = os.path.relpath(profile_file, out), "calibrated in this run on live sped"
-        results = []
+        level = None
+        if not args.profile:                 # the calibration's configuration again between the cases
+            busiest = max(cal.runs, key=lambda r: r["reply_rps"])
+            level = HostLevel(rate=float(round(ROUND_FRACTION * busiest["reply_rps"], -1)),
+                              wakeup_s=base.cost("wakeup").fixed if "wakeup" in base.costs else 0.0)
+
+        def host_round(when):
+            if level is not None:
+                level_round(level, when, root, workload, LIVE_COMMON, st.cpu_fraction, st.duration_s,
+                            st.seed + 700, log)
+        host_round("after the calibration")
+        results, pending = [], []
         for n in names:
             case = known[n]
             log(f"# case {n}")
@@ -947,6 +997,7 @@ def main(argv=None) -> int:
                 if case.setting == "blackbox":
                     res = run_nginx_case(case, root, workload, st)
                 else:
+                    host_round(f"before {n}")
                     res = run_python_case(case, base, root, workload, st)
             except (MeasureError, NetnsError, CgroupError, blackbox.BlackboxError) as e:
                 log(f"  {n}: could not run: {e}")
@@ -954,10 +1005,18 @@ def main(argv=None) -> int:
                                 "verdict": f"not run: {e}", "rates": [], "setting": {}, "architecture": case.arch,
                                 "model": case.model, "knobs": case.knobs, "scenario": None})
                 continue
-            c = summarize_case(case, res)
-            plot_case(c, os.path.join(out, f"{n}.png"))
-            log(f"  {n}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} % -> {c['verdict']}")
-            results.append(c)
+            results.append(res)
+            if "pending" in res:
+                pending.append((len(results) - 1, case))
+            else:
+                results[-1] = _summarized(case, res, out, log)
+        if pending:
+            host_round("after the last case")
+        factor = level.factor if level is not None else 1.0
+        if level is not None:
+            log(f"# host level: median of {len(level.usable)} rounds over the first: x{factor:.3f} on every CPU cost")
+        for i, case in pending:
+            results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log)
         doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,
                       "profile_note": note, "load_avg_end": load_average(),
                       "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
@@ -971,7 +1030,8 @@ def main(argv=None) -> int:
                                    "sim_duration_s": st.sim_duration_s, "quick": st.quick},
                       "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
                                   "blackbox_error_pct": BLACKBOX_TARGET_PCT},
-                      "calibration": calib_text, "cases": results})
+                      "calibration": calib_text,
+                      "host_level": level.summary() if level is not None else None, "cases": results})
         ran = [c for c in results if c.get("rates")]
         with open(os.path.join(out, "report.md.tmp"), "w", encoding="utf-8") as f:
             f.write(report_md({**doc, "cases": ran}))

@@ -267,6 +267,31 @@ def test_comparison_figures_and_verdict():
     assert goodput_gbps(100.0) == pytest.approx(0.1 * 1448 / 1514)
 
 
+def test_host_level_is_the_median_round_over_the_first_and_skips_rounds_in_overload():
+    """Each round's CPU per reply has its wake-ups taken off; the factor is the median of the rounds
+    the server kept up in, over the first; with the first in overload there is nothing to compare."""
+    from calibration.drift import HostLevel
+
+    def run(cpu_s, wakeups, reply_rps=900.0):
+        return {"offered_rps": 1000.0, "offered_window_rps": 1000.0, "reply_rps": reply_rps, "replies": 10_000, "server_cpu_s": cpu_s,
+                "server_wakeups": wakeups, "load_avg": 1.0, "errors_pct": 0.0}
+    level = HostLevel(rate=1000.0, wakeup_s=10e-6)
+    assert level.factor == 1.0                                   # no rounds
+    assert level.add("first", run(0.6, 10_000))["cpu_us_per_reply"] == pytest.approx(50.0)
+    assert level.factor == 1.0                                   # one round: nothing to compare
+    level.add("second", run(0.5, 0))                             # 50 us: the same work, no wake-ups
+    level.add("third", run(0.66, 6_000))                         # 60 us
+    level.add("overloaded", run(2.0, 0, reply_rps=500.0))        # did not keep up: not used
+    assert [r["kept_up"] for r in level.rounds] == [True, True, True, False]
+    assert level.factor == pytest.approx(50.0 / 50.0)            # median of 50, 50, 60
+    level.add("fourth", run(0.7, 0))                             # 70 us
+    assert level.factor == pytest.approx(55.0 / 50.0)
+    slow_first = HostLevel(rate=1000.0, wakeup_s=0.0)
+    slow_first.add("first", run(2.0, 0, reply_rps=500.0))
+    slow_first.add("second", run(0.5, 0))
+    assert slow_first.factor == 1.0
+
+
 def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
     """By default the scenario keeps the costs and states the live server's CFS quota and period in
     its hardware, which loads back; without sim_quota (--slower-core) the share is a core `fraction`
@@ -408,6 +433,14 @@ def test_quick_validation_end_to_end(tmp_path):
     assert {"kernel", "cpu_model", "python", "date", "fit_rms_us"} <= set(prof.provenance)
     assert "| symped-2p |" in (out / "report.md").read_text()
     assert not list(out.glob("*.tmp"))
+    # the calibration's configuration ran again between the cases, and the Python case was simulated
+    # with every CPU cost at the median round's level
+    level = doc["host_level"]
+    assert [r["when"] for r in level["rounds"]] == ["after the calibration", "before symped-2p",
+                                                    "after the last case"]
+    case_profile = load_profile(str(out / "symped-2p" / "profile.toml"))
+    assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
+    assert "## Host level" in (out / "report.md").read_text()
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -1,0 +1,82 @@
+"""The host's speed, measured again between the cases of a validation.
+
+This machine is a shared virtual one, and its speed drifts by 10 % or more over
+minutes: three sweeps of the same live sped five minutes apart peaked at 4,978,
+5,007 and 5,693 replies/s, and a calibration that happened to run in a slow
+spell set every cost of the profile too high (docs/calibration.md). So one
+calibration sets the level of the costs by the minutes it ran in.
+
+The remedy here is the calibration's own configuration run again: live sped,
+untraced, on the same share of the core, at one fixed rate under its
+saturation, right after the calibration and then before every case and after
+the last. Each round gives the server's CPU per reply with its wake-ups taken
+off (the same cost the calibration measured apart): the work per reply, which
+is what a slower host makes dearer. The cases are simulated after all of them,
+with every CPU cost of the profile scaled by the median round over the first
+one. The per-operation shape stays the calibration's, the level is taken on
+the whole validation's time, and no round uses a case's own measurements.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .cgroup import cpu_share
+from .measure import LiveServer, sustained, sweep
+
+# The rounds run at this fraction of the busiest rate the calibration sustained: low enough that a
+# slower spell still keeps up (past saturation every call costs more), high enough that wake-ups
+# are a small part of the CPU.
+ROUND_FRACTION = 0.8
+
+
+@dataclass
+class HostLevel:
+    """The rounds so far; `factor` scales the profile's costs to the median round."""
+
+    rate: float                    # offered requests/s of every round
+    wakeup_s: float                # the calibration's measured wake-up, taken off each round's CPU
+    rounds: list = field(default_factory=list)
+
+    def add(self, when: str, run: dict) -> dict:
+        replies = max(1, run["replies"])
+        work = run["server_cpu_s"] - self.wakeup_s * run.get("server_wakeups", 0)
+        r = {"when": when, "offered_rps": run["offered_rps"], "reply_rps": run["reply_rps"],
+             "cpu_us_per_reply": 1e6 * work / replies, "kept_up": bool(sustained(run)),
+             "load_avg": run.get("load_avg")}
+        self.rounds.append(r)
+        return r
+
+    @property
+    def usable(self) -> list:
+        """The rounds the server kept up in (in overload the CPU per reply says little of the host)."""
+        return [r for r in self.rounds if r["kept_up"]]
+
+    @property
+    def factor(self) -> float:
+        """Median CPU per reply of the rounds over the first round's (1: nothing to compare)."""
+        if not self.rounds or not self.rounds[0]["kept_up"] or len(self.usable) < 2:
+            return 1.0
+        return statistics.median(r["cpu_us_per_reply"] for r in self.usable) / self.rounds[0]["cpu_us_per_reply"]
+
+    def summary(self) -> dict:
+        return {"rate": self.rate, "wakeup_us": 1e6 * self.wakeup_s, "factor": self.factor, "rounds": self.rounds}
+
+
+def level_round(level: HostLevel, when: str, root: str, workload, server_args, cpu_fraction: float,
+                duration_s: float, seed: int, log) -> dict:
+    """Run the calibration's configuration once at `level.rate`, and add the round."""
+    group = cpu_share(cpu_fraction)
+    try:
+        srv = LiveServer("sped", root, list(server_args), cgroup_procs=group.procs)
+        with srv:
+            time.sleep(0.5)
+            run = sweep(srv, workload, [level.rate], duration_s, seed=seed, log=lambda _s: None)[0]
+    finally:
+        group.close()
+    r = level.add(when, run)
+    log(f"  host level, {when}: {r['reply_rps']:.0f} replies/s at {r['offered_rps']:g} offered, "
+        f"{r['cpu_us_per_reply']:.1f} us of CPU per reply without wake-ups"
+        + ("" if r["kept_up"] else " (did not keep up: not used)") + f"; load {r['load_avg']}")
+    return r
