@@ -7,7 +7,7 @@ SimPy M/M/c model (a process per customer, a Resource with c servers), the usual
 yardstick of what SimPy itself costs. Runs alternate and medians are quoted, since
 these machines are shared and noisy.
 
-    python bench/speed.py [--repeat 3] [--seconds 4] [--all]
+    python bench/speed.py [--repeat 3] [--seconds 4] [--all] [--only threaded,knot]
 """
 from __future__ import annotations
 
@@ -97,9 +97,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0, help="simulated seconds per run")
     ap.add_argument("--all", action="store_true", help="every registered architecture, not only SPED and SYMPED")
+    ap.add_argument("--only", help="comma-separated case names (of --all's) to run alone, for an A/B of one model")
     args = ap.parse_args()
     profile = load_profile("study-xeon")
-    cases = all_cases() if args.all else CASES
+    cases = all_cases() if args.all or args.only else CASES
+    if args.only:
+        names = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [n for n in names if n not in {c[0] for c in cases}]
+        if unknown:
+            ap.error(f"unknown case {unknown[0]!r}; known: {', '.join(c[0] for c in cases)}")
+        cases = [c for c in cases if c[0] in names]
     speeds = {c[0]: [] for c in cases}
     setups = {c[0]: [] for c in cases}
     bare = []
@@ -115,7 +122,9 @@ def main() -> int:
     for name, v in speeds.items():
         m = statistics.median(v)
         print(f"{name:<14} {m:16,.0f} {m / mmc:15.2f} {statistics.median(setups[name]):9.2f}")
-    main_cases = [statistics.median(speeds[c[0]]) for c in CASES]
+    main_cases = [statistics.median(speeds[c[0]]) for c in CASES if c[0] in speeds]
+    if not main_cases:
+        return 0
     n = statistics.median(main_cases)
     print(f"speed: {n:.0f} simulated requests/s per core; ratio to bare SimPy M/M/c customers/s: {n / mmc:.2f}")
     return 0
