@@ -22,8 +22,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from .cgroup import cpu_share
-from .measure import LiveServer, sustained, sweep
+from .cgroup import CgroupError, cpu_share
+from .measure import LiveServer, MeasureError, sustained, sweep
 
 # The rounds run at this fraction of the busiest rate the calibration sustained: low enough that a
 # slower spell still keeps up (past saturation every call costs more), high enough that wake-ups
@@ -65,16 +65,22 @@ class HostLevel:
 
 
 def level_round(level: HostLevel, when: str, root: str, workload, server_args, cpu_fraction: float,
-                duration_s: float, seed: int, log) -> dict:
-    """Run the calibration's configuration once at `level.rate`, and add the round."""
-    group = cpu_share(cpu_fraction)
+                duration_s: float, seed: int, log) -> dict | None:
+    """Run the calibration's configuration once at `level.rate`, and add the round.
+
+    A round that cannot run is logged and left out (None): the cases do not depend on it."""
     try:
-        srv = LiveServer("sped", root, list(server_args), cgroup_procs=group.procs)
-        with srv:
-            time.sleep(0.5)
-            run = sweep(srv, workload, [level.rate], duration_s, seed=seed, log=lambda _s: None)[0]
-    finally:
-        group.close()
+        group = cpu_share(cpu_fraction)
+        try:
+            srv = LiveServer("sped", root, list(server_args), cgroup_procs=group.procs)
+            with srv:
+                time.sleep(0.5)
+                run = sweep(srv, workload, [level.rate], duration_s, seed=seed, log=lambda _s: None)[0]
+        finally:
+            group.close()
+    except (MeasureError, CgroupError) as e:
+        log(f"  host level, {when}: could not run ({e}); left out")
+        return None
     r = level.add(when, run)
     log(f"  host level, {when}: {r['reply_rps']:.0f} replies/s at {r['offered_rps']:g} offered, "
         f"{r['cpu_us_per_reply']:.1f} us of CPU per reply without wake-ups"

@@ -292,6 +292,35 @@ def test_host_level_is_the_median_round_over_the_first_and_skips_rounds_in_overl
     assert slow_first.factor == 1.0
 
 
+def test_a_host_level_round_that_cannot_run_is_left_out(monkeypatch):
+    """A round whose server does not start is logged and left out; the cgroup is removed all the same."""
+    from calibration import drift
+    from calibration.measure import MeasureError
+    closed, logged = [], []
+
+    class Group:
+        procs = "/fake/cgroup.procs"
+
+        def close(self):
+            closed.append(True)
+
+    class Broken:
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            raise MeasureError("server did not start")
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(drift, "cpu_share", lambda fraction: Group())
+    monkeypatch.setattr(drift, "LiveServer", Broken)
+    level = drift.HostLevel(rate=1000.0, wakeup_s=0.0)
+    assert drift.level_round(level, "before x", "/nonexistent", None, [], 0.15, 1.0, 0, logged.append) is None
+    assert level.rounds == [] and closed == [True]
+    assert "could not run" in logged[0]
+
+
 def test_cpu_share_is_simulated_as_a_slower_core_or_as_the_live_quota(tmp_path):
     """By default the scenario keeps the costs and states the live server's CFS quota and period in
     its hardware, which loads back; without sim_quota (--slower-core) the share is a core `fraction`
