@@ -700,8 +700,8 @@ def _f(v, fmt="{:.1f}") -> str:
 def host_level_md(h: dict | None) -> list[str]:
     """The rounds of the calibration's configuration between the cases (calibration/drift.py)."""
     if not h:
-        return ["Not measured: the profile was given with `--profile`, so there is no calibration run to "
-                "compare the host with."]
+        return ["Not measured: the profile was given with `--profile`, or the round after the calibration "
+                "could not run, so there is nothing to compare the host with."]
     lines = [f"Live sped, untraced, at {h['rate']:g} requests/s on the calibration's share of the core, "
              f"after the calibration, before each Python case and after the last. CPU per reply with the "
              f"wake-ups ({h['wakeup_us']:.1f} us each) taken off. Every CPU cost of the Python cases' "
