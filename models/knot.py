@@ -36,6 +36,7 @@ import numpy as np
 
 from sim.analytic import che_lru_hit_ratio
 from sim.config import knob
+from sim.operations import data_write
 
 OPERATIONS = ("accept", "read", "parse", "open", "stat", "write", "sendfile", "poll", "close",
               "ctx_switch", "ult_switch", "handoff", "net_tx", "net_conn")
@@ -165,7 +166,8 @@ class Knot:
         variant = k.variant
         accept_first = k.accept_policy == "knot-a"
         header_cpu = c.write + c.write_u * server.header_bytes
-        copy_byte = c.write_u + c.sendfile_u + c.net_tx_u    # knot-c: copy, plus the same skb work as sendfile
+        data = data_write(server.profile.cost)               # knot-c writes from its cache
+        write_call, copy_byte = data.fixed, data.per_unit
         request_cpu = c.ult_switch + c.read + c.parse
         runq = self.runq
         if self.app_capacity:
@@ -202,7 +204,7 @@ class Knot:
                 elif conn.state == WRITING:      # knot-c: socket writable, write the next piece
                     if conn.flow is None and conn.unsent > 0:
                         chunk = min(conn.unsent, conn.sndbuf)
-                        cpu += c.ult_switch + c.write + copy_byte * chunk
+                        cpu += c.ult_switch + write_call + copy_byte * chunk
                         self.resumes += 1
                         sends.append((conn, chunk))
                 elif conn.file >= 0:             # a request has arrived
@@ -212,7 +214,7 @@ class Knot:
                     if variant == "knot-c":
                         if self.cached(conn.file):
                             chunk = min(conn.size, conn.sndbuf)
-                            cpu += c.stat + c.write + copy_byte * chunk
+                            cpu += c.stat + write_call + copy_byte * chunk
                             conn.state = WRITING
                             sends.append((conn, chunk))
                         else:
@@ -233,7 +235,7 @@ class Knot:
                 elif variant == "knot-c":        # the file is in memory now: write it
                     self.insert(conn.file, conn.size)
                     chunk = min(conn.unsent, conn.sndbuf)
-                    cpu += c.write + copy_byte * chunk
+                    cpu += write_call + copy_byte * chunk
                     conn.state = WRITING
                     sends.append((conn, chunk))
                 elif conn.unsent > 0:            # knot-nb: the socket drained, sendfile the next piece
@@ -340,8 +342,8 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     fp = profile.footprint
     per_request = cost("read")() + cost("parse")() + cost("stat")() + 2 * cost("ult_switch")()
     if knobs.variant == "knot-c":
-        per_request += (cost("write").fixed * pieces
-                        + (cost("write").per_unit + cost("sendfile").per_unit + cost("net_tx").per_unit) * mean_bytes)
+        data = data_write(cost)
+        per_request += data.fixed * pieces + data.per_unit * mean_bytes
     else:
         handoffs = 2 * (pieces if knobs.variant == "knot-nb" else 1)
         per_request += (cost("write")(workload.header_bytes) + handoffs * cost("handoff")()

@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from sim.config import knob
+from sim.operations import data_write
 from sim.server import Entity
 
 from .knot import warm_application_cache
@@ -164,7 +165,8 @@ class Seda:
     def asocket_loop(self):
         server, a, c = self.server, self.asocket, self.server.costs
         reply_sent = server.reply_sent
-        copy_byte = c.write_u + c.sendfile_u + c.net_tx_u
+        data = data_write(server.profile.cost)
+        write_call, copy_byte = data.fixed, data.per_unit
         if self.app_capacity:
             self.app_cache, self.app_used = warm_application_cache(server, self.app_capacity)
         while True:
@@ -197,7 +199,7 @@ class Seda:
                     conn.state = WRITING
                     conn.unsent = conn.size
                 chunk = min(conn.unsent, conn.sndbuf)
-                cpu += c.write + copy_byte * chunk
+                cpu += write_call + copy_byte * chunk
                 sends.append((conn, chunk))
             yield a.run(cpu)
             for conn in parsed:
@@ -261,8 +263,8 @@ def demand(profile, hw, workload, knobs, mean_bytes: float, pieces: float):
     """CPU seconds per request (batching and poll shares left out), usable cores, footprint KB."""
     cost = profile.cost
     fp = profile.footprint
-    per_request = (cost("read")() + cost("parse")() + cost("stat")() + cost("write").fixed * pieces
-                   + (cost("write").per_unit + cost("sendfile").per_unit + cost("net_tx").per_unit) * mean_bytes)
+    data = data_write(cost)
+    per_request = cost("read")() + cost("parse")() + cost("stat")() + data.fixed * pieces + data.per_unit * mean_bytes
     per_connection = cost("accept")() + cost("net_conn")() + cost("read")() + cost("close")()
     cpu = per_request + per_connection / workload.mean_requests_per_session
     threads = 1 + 3 * knobs.max_threads
