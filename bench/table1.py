@@ -47,19 +47,30 @@ TABLE1 = {
 }
 
 
+# the configuration the profile's costs were derived from (sim/profiles/study-xeon.toml)
+REFERENCE = "userver-shared-nb-30K-10p"
+
+
 def report(sim: dict[str, dict]) -> str:
     head = (f"{'configuration':28s} {'replies/s':>15s} {'Mbps':>11s} {'CPU us/reply':>13s} "
-            f"{'switches/s':>13s} {'ratio':>6s}")
+            f"{'x shared':>11s} {'switches/s':>13s} {'ratio':>6s}")
     lines = [f"Table 1 at {RATE:,} requests/s offered: simulated / study", "", head, "-" * len(head)]
+
+    def cpu_us(lab):
+        m = sim[lab]
+        return 1e6 * m["cpu_util"] / m["reply_rps"] if m["reply_rps"] else float("nan")
+
     for lab, (rps, mbps, sw) in TABLE1.items():
         m = sim[lab]
-        cpu_us = 1e6 * m["cpu_util"] / m["reply_rps"] if m["reply_rps"] else float("nan")
+        relative = f"{cpu_us(lab) / cpu_us(REFERENCE):5.3f}/{TABLE1[REFERENCE][0] / rps:<5.3f}"
         lines.append(f"{lab:28s} {m['reply_rps']:7,.0f}/{rps:<7,d} {m['throughput_mbps']:5,.0f}/{mbps:<5,d} "
-                     f"{cpu_us:6.1f}/{1e6 / rps:<6.1f} {m['ctx_switches_per_s']:6,.0f}/{sw:<6,d} "
+                     f"{cpu_us(lab):6.1f}/{1e6 / rps:<6.1f} {relative} {m['ctx_switches_per_s']:6,.0f}/{sw:<6,d} "
                      f"{m['ctx_switches_per_s'] / sw:6.2f}")
     lines.append("")
     lines.append("The study's CPU per reply is 1 / reply rate (its CPU was saturated); the model's is its own")
-    lines.append("busy time per reply. Switches: the study's vmstat count, the model's server-entity changes.")
+    lines.append(f"busy time per reply; 'x shared' is that over {REFERENCE}'s, the column the profile's")
+    lines.append("costs come from, so it compares the configurations' costs without the model's overall level.")
+    lines.append("Switches: the study's vmstat count, the model's server-entity changes.")
     return "\n".join(lines)
 
 
