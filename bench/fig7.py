@@ -86,6 +86,13 @@ def gap_pct(a: float, b: float) -> float:
     return 100.0 * (a / b - 1.0)
 
 
+def pairs_in_order(reference: list[str], other: list[str]) -> tuple[int, int]:
+    """(pairs of `reference` that `other` puts in the same order, pairs): Kendall's count of agreement."""
+    pos = {lab: i for i, lab in enumerate(other)}
+    pairs = [(a, b) for i, a in enumerate(reference) for b in reference[i + 1:]]
+    return sum(pos[a] < pos[b] for a, b in pairs), len(pairs)
+
+
 def compare(sim: dict[str, dict[float, dict]], rates) -> dict:
     """Peak errors, ranking, gaps and Figure 8 ordering of simulated curves against the study's."""
     labels = [lab for lab in FIG7 if lab in sim]
@@ -102,6 +109,7 @@ def compare(sim: dict[str, dict[float, dict]], rates) -> dict:
     c = out["curves"]
     out["rank_study"] = sorted(labels, key=lambda lab: -c[lab]["study_peak"])
     out["rank_sim"] = sorted(labels, key=lambda lab: -c[lab]["sim_peak"])
+    out["rank_pairs"] = pairs_in_order(out["rank_study"], out["rank_sim"])
     if all(lab in c for lab in THREE_BEST + KNOTS):
         out["three_best_ahead"] = min(c[lab]["sim_peak"] for lab in THREE_BEST) > max(c[lab]["sim_peak"] for lab in KNOTS)
     at = GAP_RATE if GAP_RATE in rates else None
@@ -117,6 +125,7 @@ def compare(sim: dict[str, dict[float, dict]], rates) -> dict:
         out["fig8_study"] = sorted(labels, key=lambda lab: -study_at(FIG8, lab, top))
         out["fig8_sim"] = sorted(labels, key=lambda lab: -sim[lab][top]["response_ms_mean"])
         out["fig8_sim_ms"] = {lab: sim[lab][top]["response_ms_mean"] for lab in labels}
+        out["fig8_pairs"] = pairs_in_order(out["fig8_study"], out["fig8_sim"])
     return out
 
 
@@ -132,6 +141,7 @@ def report(res: dict) -> str:
     lines += ["", f"peaks within 5 % of the study's: {within} of {len(res['curves'])}"]
     lines.append("ranking by peak, study:    " + " > ".join(res["rank_study"]))
     lines.append("ranking by peak, simulated: " + " > ".join(res["rank_sim"]))
+    lines.append("  pairs in the study's order: {} of {}".format(*res["rank_pairs"]))
     if "three_best_ahead" in res:
         lines.append(f"three best ahead of every Knot variant: {'yes' if res['three_best_ahead'] else 'NO'}")
     for key, g in res["gaps"].items():
@@ -141,6 +151,7 @@ def report(res: dict) -> str:
         lines.append(f"Figure 8 at {res['fig8_rate']:,} req/s, highest mean response first:")
         lines.append("  study:     " + " > ".join(res["fig8_study"]))
         lines.append("  simulated: " + " > ".join(f"{lab} ({res['fig8_sim_ms'][lab]:.0f} ms)" for lab in res["fig8_sim"]))
+        lines.append("  pairs in the study's order: {} of {}".format(*res["fig8_pairs"]))
     return "\n".join(lines)
 
 
