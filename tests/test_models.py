@@ -137,6 +137,22 @@ def test_a_write_from_the_servers_memory_costs_sendfiles_kernel_work_plus_the_co
     assert data.fixed > cost("write").fixed
 
 
+def test_knot_c_pays_sendfiles_per_call_kernel_work_on_every_write(tmp_path):
+    # knot-c never calls sendfile, so sendfile's per-call cost reaches it only through its writes
+    # (sim/operations.py: data_write): raised by 20 us, knot-c's CPU per reply rises by 20 us for
+    # each write of a reply, one or a little more
+    sc = scenario(tmp_path, LIGHT)
+    extra = 20e-6
+    dearer = dataclasses.replace(sc.profile, costs={**sc.profile.costs, "sendfile": Cost(
+        sc.profile.cost("sendfile").fixed + extra, sc.profile.cost("sendfile").per_unit)})
+    total_s = sc.run.warmup_s + sc.run.duration_s
+    per_reply = []
+    for profile in (sc.profile, dearer):
+        server, clients, rps, _ = run(sc, "knot-c", profile=profile)
+        per_reply.append(server.cpu.busy / (rps * total_s))
+    assert 0.9 * extra < per_reply[1] - per_reply[0] < 2.0 * extra, per_reply
+
+
 def test_knot_c_cache_shrinks_the_page_cache_and_costs_disk_reads(tmp_path):
     # 3.2 GB of files, 1 GB of memory: knot-c's 300 MB cache is taken from the page cache
     sc = scenario(tmp_path, """
