@@ -7,14 +7,21 @@ spell set every cost of the profile too high (docs/calibration.md). So one
 calibration sets the level of the costs by the minutes it ran in.
 
 The remedy here is the calibration's own configuration run again: live sped,
-untraced, on the same share of the core, at one fixed rate under its
+untraced, on the same share of the core, at one fixed rate past its
 saturation, right after the calibration and then before every case and after
-the last. Each round gives the server's CPU per reply with its wake-ups taken
-off (the same cost the calibration measured apart): the work per reply, which
-is what a slower host makes dearer. The cases are simulated after all of them,
-with every CPU cost of the profile scaled by the median round over the first
-one. The per-operation shape stays the calibration's, the level is taken on
-the whole validation's time, and no round uses a case's own measurements.
+the last. Each round gives the server's CPU per reply while it uses its whole
+share: the host's capacity, which is what a slower host lowers. The cases are
+simulated after all of them, with every CPU cost of the profile scaled by the
+median round over the first one. The per-operation shape stays the
+calibration's, the level is taken on the whole validation's time, and no round
+uses a case's own measurements.
+
+Why past saturation: rounds under it (0.8 x the busiest sustained rate, until
+2026-11-27) spread by +-15 % among themselves and understated a faster host,
+since below saturation the CPU per reply mixes the host's speed with how often
+the server sleeps and wakes, and the live CPU per reply falls with the load
+(docs/calibration.md). A saturated server never sleeps: its CPU per reply is
+its share over its reply rate.
 """
 from __future__ import annotations
 
@@ -23,12 +30,13 @@ import time
 from dataclasses import dataclass, field
 
 from .cgroup import CgroupError, cpu_share
-from .measure import LiveServer, MeasureError, sustained, sweep
+from .measure import LiveServer, MeasureError, sweep, utilisation
 
-# The rounds run at this fraction of the busiest rate the calibration sustained: low enough that a
-# slower spell still keeps up (past saturation every call costs more), high enough that wake-ups
-# are a small part of the CPU.
-ROUND_FRACTION = 0.8
+# The rounds run at this multiple of the busiest rate the calibration sustained: far enough past it
+# that a faster spell still saturates the server's share.
+ROUND_FRACTION = 1.4
+# A round counts when the server used at least this much of its share: it was saturated.
+SATURATED = 0.9
 
 
 @dataclass
@@ -36,32 +44,35 @@ class HostLevel:
     """The rounds so far; `factor` scales the profile's costs to the median round."""
 
     rate: float                    # offered requests/s of every round
-    wakeup_s: float                # the calibration's measured wake-up, taken off each round's CPU
+    cpu_fraction: float            # the share of the core the server runs on
     rounds: list = field(default_factory=list)
 
+    def __post_init__(self):
+        if not 0.0 < self.cpu_fraction <= 1.0:
+            raise ValueError(f"cpu_fraction must be in (0, 1], got {self.cpu_fraction}")
+
     def add(self, when: str, run: dict) -> dict:
-        replies = max(1, run["replies"])
-        work = run["server_cpu_s"] - self.wakeup_s * run.get("server_wakeups", 0)
+        share = utilisation(run, self.cpu_fraction)
         r = {"when": when, "offered_rps": run["offered_rps"], "reply_rps": run["reply_rps"],
-             "cpu_us_per_reply": 1e6 * work / replies, "kept_up": bool(sustained(run)),
-             "load_avg": run.get("load_avg")}
+             "cpu_us_per_reply": 1e6 * run["server_cpu_s"] / max(1, run["replies"]),
+             "share_used": share, "saturated": share >= SATURATED, "load_avg": run.get("load_avg")}
         self.rounds.append(r)
         return r
 
     @property
     def usable(self) -> list:
-        """The rounds the server kept up in (in overload the CPU per reply says little of the host)."""
-        return [r for r in self.rounds if r["kept_up"]]
+        """The rounds the server was saturated in (otherwise its CPU per reply mixes in its idle spells)."""
+        return [r for r in self.rounds if r["saturated"]]
 
     @property
     def factor(self) -> float:
         """Median CPU per reply of the rounds over the first round's (1: nothing to compare)."""
-        if not self.rounds or not self.rounds[0]["kept_up"] or len(self.usable) < 2:
+        if not self.rounds or not self.rounds[0]["saturated"] or len(self.usable) < 2:
             return 1.0
         return statistics.median(r["cpu_us_per_reply"] for r in self.usable) / self.rounds[0]["cpu_us_per_reply"]
 
     def summary(self) -> dict:
-        return {"rate": self.rate, "wakeup_us": 1e6 * self.wakeup_s, "factor": self.factor, "rounds": self.rounds}
+        return {"rate": self.rate, "cpu_fraction": self.cpu_fraction, "factor": self.factor, "rounds": self.rounds}
 
 
 def level_round(level: HostLevel, when: str, root: str, workload, server_args, cpu_fraction: float,
@@ -83,6 +94,6 @@ def level_round(level: HostLevel, when: str, root: str, workload, server_args, c
         return None
     r = level.add(when, run)
     log(f"  host level, {when}: {r['reply_rps']:.0f} replies/s at {r['offered_rps']:g} offered, "
-        f"{r['cpu_us_per_reply']:.1f} us of CPU per reply without wake-ups"
-        + ("" if r["kept_up"] else " (did not keep up: not used)") + f"; load {r['load_avg']}")
+        f"{r['cpu_us_per_reply']:.1f} us of CPU per reply, {100 * r['share_used']:.0f} % of its share"
+        + ("" if r["saturated"] else " (not saturated: not used)") + f"; load {r['load_avg']}")
     return r

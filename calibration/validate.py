@@ -702,13 +702,14 @@ def host_level_md(h: dict | None) -> list[str]:
     if not h:
         return ["Not measured: the profile was given with `--profile`, or the round after the calibration "
                 "could not run, so there is nothing to compare the host with."]
-    lines = [f"Live sped, untraced, at {h['rate']:g} requests/s on the calibration's share of the core, "
-             f"after the calibration, before each Python case and after the last. CPU per reply with the "
-             f"wake-ups ({h['wakeup_us']:.1f} us each) taken off. Every CPU cost of the Python cases' "
-             f"profiles is multiplied by the median round over the first: **x{h['factor']:.3f}**.", "",
-             "| round | reply /s | CPU us per reply | kept up | load avg |", "|---|---|---|---|---|"]
+    lines = [f"Live sped, untraced, at {h['rate']:g} requests/s (past its saturation) on the calibration's "
+             f"share of the core, after the calibration, before each Python case and after the last: its CPU "
+             f"per reply while it used its whole share. Every CPU cost of the Python cases' profiles is "
+             f"multiplied by the median round over the first: **x{h['factor']:.3f}**.", "",
+             "| round | reply /s | CPU us per reply | share used | load avg |", "|---|---|---|---|---|"]
     lines += [f"| {r['when']} | {r['reply_rps']:.0f} | {r['cpu_us_per_reply']:.1f} | "
-              f"{'yes' if r['kept_up'] else 'no (not used)'} | {_f(r['load_avg'])} |" for r in h["rounds"]]
+              f"{100 * r['share_used']:.0f} %{'' if r['saturated'] else ' (not saturated: not used)'} | "
+              f"{_f(r['load_avg'])} |" for r in h["rounds"]]
     return lines
 
 
@@ -982,7 +983,7 @@ def main(argv=None) -> int:
         if not args.profile:                 # the calibration's configuration again between the cases
             busiest = max(cal.runs, key=lambda r: r["reply_rps"])
             level = HostLevel(rate=float(round(ROUND_FRACTION * busiest["reply_rps"], -1)),
-                              wakeup_s=base.cost("wakeup").fixed if "wakeup" in base.costs else 0.0)
+                              cpu_fraction=st.cpu_fraction)
 
         def host_round(when):
             if level is not None:

@@ -267,29 +267,33 @@ def test_comparison_figures_and_verdict():
     assert goodput_gbps(100.0) == pytest.approx(0.1 * 1448 / 1514)
 
 
-def test_host_level_is_the_median_round_over_the_first_and_skips_rounds_in_overload():
-    """Each round's CPU per reply has its wake-ups taken off; the factor is the median of the rounds
-    the server kept up in, over the first; with the first in overload there is nothing to compare."""
+def test_host_level_is_the_median_saturated_round_over_the_first():
+    """Each round's CPU per reply is its CPU over its replies; the factor is the median of the
+    rounds in which the server used its whole share (saturated), over the first; with the first
+    not saturated there is nothing to compare."""
     from calibration.drift import HostLevel
 
-    def run(cpu_s, wakeups, reply_rps=900.0):
-        return {"offered_rps": 1000.0, "offered_window_rps": 1000.0, "reply_rps": reply_rps, "replies": 10_000, "server_cpu_s": cpu_s,
-                "server_wakeups": wakeups, "load_avg": 1.0, "errors_pct": 0.0}
-    level = HostLevel(rate=1000.0, wakeup_s=10e-6)
+    def run(cpu_s, replies, wall_s=10.0):
+        return {"offered_rps": 1400.0, "offered_window_rps": 1400.0, "reply_rps": replies / wall_s,
+                "replies": replies, "server_cpu_s": cpu_s, "httperf_wall_s": wall_s, "load_avg": 1.0,
+                "errors_pct": 5.0}
+    level = HostLevel(rate=1400.0, cpu_fraction=0.25)
     assert level.factor == 1.0                                   # no rounds
-    assert level.add("first", run(0.6, 10_000))["cpu_us_per_reply"] == pytest.approx(50.0)
+    assert level.add("first", run(2.5, 50_000))["cpu_us_per_reply"] == pytest.approx(50.0)
     assert level.factor == 1.0                                   # one round: nothing to compare
-    level.add("second", run(0.5, 0))                             # 50 us: the same work, no wake-ups
-    level.add("third", run(0.66, 6_000))                         # 60 us
-    level.add("overloaded", run(2.0, 0, reply_rps=500.0))        # did not keep up: not used
-    assert [r["kept_up"] for r in level.rounds] == [True, True, True, False]
+    level.add("second", run(2.4, 48_000))                        # 50 us, 96 % of the share
+    level.add("third", run(2.4, 40_000))                         # 60 us
+    level.add("idle spells", run(1.5, 20_000))                   # 60 % of the share: not used
+    assert [r["saturated"] for r in level.rounds] == [True, True, True, False]
     assert level.factor == pytest.approx(50.0 / 50.0)            # median of 50, 50, 60
-    level.add("fourth", run(0.7, 0))                             # 70 us
+    level.add("fourth", run(2.45, 35_000))                       # 70 us
     assert level.factor == pytest.approx(55.0 / 50.0)
-    slow_first = HostLevel(rate=1000.0, wakeup_s=0.0)
-    slow_first.add("first", run(2.0, 0, reply_rps=500.0))
-    slow_first.add("second", run(0.5, 0))
-    assert slow_first.factor == 1.0
+    idle_first = HostLevel(rate=1400.0, cpu_fraction=0.25)
+    idle_first.add("first", run(1.0, 20_000))
+    idle_first.add("second", run(2.5, 50_000))
+    assert idle_first.factor == 1.0
+    with pytest.raises(ValueError):                              # it would divide by a share of nothing
+        HostLevel(rate=1400.0, cpu_fraction=0.0)
 
 
 def test_a_host_level_round_that_cannot_run_is_left_out(monkeypatch):
@@ -315,7 +319,7 @@ def test_a_host_level_round_that_cannot_run_is_left_out(monkeypatch):
             return False
     monkeypatch.setattr(drift, "cpu_share", lambda fraction: Group())
     monkeypatch.setattr(drift, "LiveServer", Broken)
-    level = drift.HostLevel(rate=1000.0, wakeup_s=0.0)
+    level = drift.HostLevel(rate=1000.0, cpu_fraction=0.15)
     assert drift.level_round(level, "before x", "/nonexistent", None, [], 0.15, 1.0, 0, logged.append) is None
     assert level.rounds == [] and closed == [True]
     assert "could not run" in logged[0]
