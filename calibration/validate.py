@@ -479,8 +479,9 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
         elif case.setting == "nic":
             link = ShapedLink(st.link_mbit)
             hw["nic_gbps"] = round(goodput_gbps(st.link_mbit), 6)
+            hw["nic_queue_flows"] = link.queue_flows
             server_kw.update(wrap=link.server_wrap, host=link.server_addr)
-            extra.update(link_mbit=st.link_mbit, nic_goodput_gbps=hw["nic_gbps"])
+            extra.update(link_mbit=st.link_mbit, nic_goodput_gbps=hw["nic_gbps"], nic_queue_flows=link.queue_flows)
             workload = replayed(workload, st.nic_sessions, st.seed)
             extra["session_templates"] = st.nic_sessions
         elif case.setting == "disk":

@@ -37,6 +37,9 @@ class Hardware:
     kernel_mb: float = knob(120.0, "memory held by the kernel and base system, not page cache", min=0, max=1_048_576)
     nics: int = knob(4, "network interfaces; connections are spread over them", min=1, max=256)
     nic_gbps: float = knob(1.0, "bandwidth of each NIC in Gbit/s", min=0.001, max=1000)
+    nic_queue_flows: int = knob(0, "flows a NIC's queue holds at once, the rest waiting their turn (a shaped "
+                                   "link's qdisc: its byte limit over two frames per TCP socket); 0: no limit",
+                                min=0, max=10_000_000)
     disk_seek_ms: float = knob(5.5, "disk positioning time per read (seek + rotation) in ms", min=0, max=1000)
     disk_mb_s: float = knob(70.0, "disk transfer rate in MB/s", min=0.1, max=100_000)
     disk_readahead_kb: float = knob(128.0, "readahead window; each window of a missed file is one positioned read",

@@ -126,15 +126,18 @@ class CPU:
 
 
 class Flow:
-    """Bytes moving over a link; `on_done(arg)` is called when the last byte has left."""
+    """Bytes moving over a link; `on_done(arg)` is called when the last byte has left.
 
-    __slots__ = ("finish", "on_done", "arg", "live")
+    While it waits for a place on a link with a queue limit, `finish` holds its bytes."""
 
-    def __init__(self, finish, on_done, arg):
+    __slots__ = ("finish", "on_done", "arg", "live", "waiting")
+
+    def __init__(self, finish, on_done, arg, waiting=False):
         self.finish = finish
         self.on_done = on_done
         self.arg = arg
         self.live = True
+        self.waiting = waiting
 
 
 class Link:
@@ -144,13 +147,25 @@ class Link:
     `rate / n`. A flow of b bytes started at virtual time v ends when v reaches
     v + b, so flows end in the order of their finish tags: a heap gives O(log n)
     per flow, with a single pending timer for the next departure.
+
+    With `max_flows`, at most that many flows share the link; the others wait in
+    arrival order and take the places that free up. That is a shaped link's queue
+    (a qdisc with a byte limit) under TCP: each socket keeps about two frames in
+    the queue (TCP small queues), so the queue holds the packets of a bounded
+    number of flows; a socket whose packet finds it full is dropped locally and,
+    with nothing in flight, waits for its probe timer, while the flows in flight
+    keep their places by their ACKs. Shortest-first finishing, which fair sharing
+    among all flows gives, does not happen there (docs/calibration.md).
     """
 
-    __slots__ = ("env", "rate", "v", "t", "n", "heap", "seq", "timer_at", "timer", "busy", "bytes", "_busy_since")
+    __slots__ = ("env", "rate", "v", "t", "n", "heap", "seq", "timer_at", "timer", "busy", "bytes", "_busy_since",
+                 "max_flows", "waiting")
 
-    def __init__(self, env: simpy.Environment, bytes_per_s: float):
+    def __init__(self, env: simpy.Environment, bytes_per_s: float, max_flows: int = 0):
         self.env = env
         self.rate = bytes_per_s
+        self.max_flows = max_flows
+        self.waiting: deque = deque()
         self.v = 0.0
         self.t = 0.0
         self.n = 0
@@ -176,6 +191,11 @@ class Link:
             self.v = 0.0  # re-base while idle: keeps the tags small
             self._busy_since = now
         self.t = now
+        if self.max_flows and n >= self.max_flows:    # no place: it waits for one
+            flow = Flow(nbytes, on_done, arg, True)
+            self.waiting.append(flow)
+            self.bytes += nbytes
+            return flow
         flow = Flow(self.v + nbytes, on_done, arg)
         self.seq += 1
         heapq.heappush(self.heap, (flow.finish, self.seq, flow))
@@ -186,15 +206,32 @@ class Link:
 
     def cancel(self, flow: Flow) -> None:
         """Stop a flow (its connection was reset); its remaining bytes are never sent."""
-        if flow.live:
+        if flow.live and flow.waiting:
+            flow.live = False
+            self.bytes -= flow.finish
+        elif flow.live:
             now = self.env.now
             self._advance(now)
             flow.live = False
             self.bytes -= max(0.0, flow.finish - self.v)
             self.n -= 1
+            if self.waiting:
+                self._admit()
             if self.n == 0:
                 self.busy += now - self._busy_since
                 self.heap.clear()
+
+    def _admit(self):
+        """Waiting flows take the places that are free, in arrival order (v is current)."""
+        waiting, heap = self.waiting, self.heap
+        while waiting and self.n < self.max_flows:
+            flow = waiting.popleft()
+            if flow.live:
+                flow.waiting = False
+                flow.finish += self.v
+                self.seq += 1
+                heapq.heappush(heap, (flow.finish, self.seq, flow))
+                self.n += 1
 
     def _schedule(self, now):
         heap = self.heap
@@ -228,6 +265,8 @@ class Link:
                 flow.live = False
                 self.n -= 1
                 done.append(flow)
+        if self.waiting:
+            self._admit()
         if self.n == 0:
             self.busy += now - self._busy_since
             heap.clear()

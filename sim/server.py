@@ -90,7 +90,7 @@ class Server:
         self.costs = Costs(profile, ops)
         self.sizes = fileset.sizes.tolist()   # plain ints: indexing a list is cheaper than an array
         self.cpu = CPU(env, hw.cores, profile.cost("ctx_switch").fixed, hw.cpu_quota, hw.cpu_period_ms / 1e3)
-        self.links = [Link(env, hw.nic_gbps * 1e9 / 8) for _ in range(hw.nics)]
+        self.links = [Link(env, hw.nic_gbps * 1e9 / 8, hw.nic_queue_flows) for _ in range(hw.nics)]
         if hw.disk_throttle_iops > 0:
             self.disk = ThrottledDisk(env, hw.disks, hw.disk_seek_ms / 1e3, hw.disk_mb_s * 1e6,
                                       hw.disk_readahead_kb * 1024, hw.disk_throttle_iops,

@@ -15,7 +15,7 @@ import pytest
 from calibration import fit
 from calibration.blackbox import demands_of, profile_of
 from calibration.cgroup import memory_charge, scaled_profile, sendfile_readahead_kb
-from calibration.netns import goodput_gbps
+from calibration.netns import goodput_gbps, queue_flows
 from calibration.validate import (Settings, all_cases, case_scenario, compare, cpu_setting, disk_inputs, reads_serviced,
                                  saturation_rate, verdict, write_scenario)
 from real.trace import OpStats, Trace, read_trace
@@ -265,6 +265,8 @@ def test_comparison_figures_and_verdict():
     assert verdict({**c, "peak_error_pct": -4.9, "mape_pct": 10.5}, False) == "miss (in sample)"
     assert saturation_rate(live[:2]) is None
     assert goodput_gbps(100.0) == pytest.approx(0.1 * 1448 / 1514)
+    # tbf rate 50mbit burst 64kb latency 50ms queues 378,036 bytes: two 1,514-byte frames each for 124 flows
+    assert queue_flows(50.0, 64, 50) == 124
 
 
 def test_host_level_is_the_median_saturated_round_over_the_first():

@@ -129,6 +129,39 @@ def test_fluid_nic_is_processor_sharing(tmp_path):
     assert abs(analytic.md1(lam, SERVICE_BYTES / rate_bytes).mean_response - expect) > 3 * half
 
 
+def test_a_link_whose_queue_holds_one_flow_is_fifo(tmp_path):
+    """The same replies on a link that lets one flow at a time through (`nic_queue_flows = 1`): the
+    others wait in arrival order, so the link is a FIFO server, M/D/1, no longer processor sharing."""
+    lam, rate_bytes = 750.0, 0.1e9 / 8
+    sc = scenario(tmp_path, 'architecture = "sped"', f"files = 1\nmean_bytes = {SERVICE_BYTES}", lam,
+                  hardware="nic_gbps = 0.1\nnic_queue_flows = 1", sendfile_us_per_byte=0)
+    mean, half = response_ci(sc)
+    expect = analytic.md1(lam, SERVICE_BYTES / rate_bytes).mean_response
+    check("link of one flow vs M/D/1", mean, expect, half)
+    assert abs(analytic.fluid_link(lam, SERVICE_BYTES, rate_bytes).mean_response - expect) > 3 * half
+
+
+def test_flows_past_the_links_queue_wait_in_arrival_order_and_can_be_cancelled():
+    """Two places: the third and fourth flows wait; the fourth is cancelled while it waits, so it
+    never starts and its bytes are not counted; the third takes the first place that frees."""
+    from sim.hardware import Link
+    from sim.timer import Environment
+
+    env = Environment()
+    link = Link(env, 1000.0, max_flows=2)                  # 1,000 bytes/s
+    ended = []
+    flows = [link.send(b, lambda name: ended.append((name, round(env.now, 9))), name)
+             for name, b in (("a", 100.0), ("b", 300.0), ("c", 100.0), ("d", 50.0))]
+    assert [f.waiting for f in flows] == [False, False, True, True]
+    link.cancel(flows[3])
+    assert link.bytes == 500.0
+    env.run()
+    # a and b share 1,000 bytes/s: a ends at 0.2; c starts then and shares with b (200 bytes left)
+    # until c ends at 0.4, when b has 100 left, alone: 0.5
+    assert ended == [("a", 0.2), ("c", 0.4), ("b", 0.5)]
+    assert link.busy_time(env.now) == pytest.approx(0.5)
+
+
 def test_cpu_quota_throttles_bursts_to_the_period_share():
     """CFS bandwidth: 50 % of one core in 100 ms periods; full speed while the share lasts."""
     import simpy
