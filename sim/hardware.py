@@ -220,6 +220,8 @@ class Link:
             if self.n == 0:
                 self.busy += now - self._busy_since
                 self.heap.clear()
+            else:                      # the others speed up: the next departure may come sooner
+                self._schedule(now)
 
     def _admit(self):
         """Waiting flows take the places that are free, in arrival order (v is current)."""

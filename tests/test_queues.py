@@ -162,6 +162,23 @@ def test_flows_past_the_links_queue_wait_in_arrival_order_and_can_be_cancelled()
     assert link.busy_time(env.now) == pytest.approx(0.5)
 
 
+def test_a_cancelled_flow_speeds_the_others_up_at_once():
+    """Two flows share 1,000 bytes/s; one is reset at 0.12 s with 40 bytes left: the other has 40
+    bytes left too and the whole link, so it ends at 0.16 s, not at 0.2 s as at half the rate."""
+    from sim.hardware import Link
+    from sim.timer import Environment
+
+    env = Environment()
+    link = Link(env, 1000.0)
+    ended = []
+    link.send(100.0, lambda arg: ended.append(round(env.now, 9)), None)
+    other = link.send(100.0, lambda arg: ended.append(-1), None)
+    env.call_later(0.12, lambda _c: link.cancel(other))
+    env.run()
+    assert ended == [0.16]
+    assert link.bytes == pytest.approx(160.0)
+
+
 def test_cpu_quota_throttles_bursts_to_the_period_share():
     """CFS bandwidth: 50 % of one core in 100 ms periods; full speed while the share lasts."""
     import simpy
