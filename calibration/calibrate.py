@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import signal
+import statistics
 import platform
 import shutil
 import sys
@@ -184,11 +185,20 @@ def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rat
     return r, capacity
 
 
+def tracing_ratio(pairs) -> float:
+    """The median over `pairs` (rate, traced us, untraced us, ...) of untraced over traced CPU per reply.
+
+    The median, not the mean: the two runs of a pair are a minute apart on a host whose speed
+    drifts, and one pair that met a slow spell (2026-11-27 04:51: 48.8 us traced, 61.7 untraced,
+    where the pair beside it agreed) would otherwise set every cost by itself."""
+    return statistics.median(b / a for _, a, b, *_ in pairs) if pairs else 1.0
+
+
 def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, seed, cgroup_procs, log,
                    wakeup_s: float = 0.0):
-    """Mean over the rates of `traced_runs` of (untraced CPU per reply) / (traced CPU per reply), from
-    /proc, with the same server and settings but no tracing; the same ratio with the wake-ups
-    (`wakeup_s` each) taken off both sides, for the record; and the pairs they came from.
+    """Median over the rates of `traced_runs` of (untraced CPU per reply) / (traced CPU per reply), from
+    /proc, with the same server and settings but no tracing (`tracing_ratio`); the mean ratio with the
+    wake-ups (`wakeup_s` each) taken off both sides, for the record; and the pairs they came from.
 
     The plain ratio is the one used. Taking the wake-ups off looks right (tracing adds to the calls,
     not to a wake-up), but at one offered rate the traced server may be saturated and the
@@ -207,7 +217,7 @@ def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, s
                 pairs.append((r["offered_rps"], 1e6 * a, 1e6 * b, wa, wb))
     if not pairs:
         return 1.0, 1.0, pairs
-    ratio = sum(b / a for _, a, b, _, _ in pairs) / len(pairs)
+    ratio = tracing_ratio(pairs)
     off = [(b - 1e6 * wakeup_s * wb) / (a - 1e6 * wakeup_s * wa) for _, a, b, wa, wb in pairs
            if a > 1e6 * wakeup_s * wa and b > 1e6 * wakeup_s * wb]
     ratio_off = sum(off) / len(off) if off else math.nan
@@ -271,7 +281,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
               server_args=(), disk_dir: str | None = None, log=print, name: str = "calibrated-here",
               cpu_fraction: float = 1.0, cgroup_procs: str | None = None, softirq: bool = False,
               probe_rps: float = 400.0, max_runs: int = 8, min_util: float = MIN_UTILISATION,
-              growth: float = 1.3, untraced_check: bool = True, untraced_runs: int = 2) -> Calibration:
+              growth: float = 1.3, untraced_check: bool = True, untraced_runs: int = 3) -> Calibration:
     """Measure `arch` at `rates` and fit a profile.
 
     With rates None: a light probe run, then a rising sweep from the capacity the probe suggests
@@ -550,7 +560,7 @@ def main(argv=None) -> int:
                             disk_dir=root if args.disk else None, name=args.name, log=lambda s: print(s, flush=True),
                             cpu_fraction=args.cpu_fraction, cgroup_procs=group.procs if group else None,
                             softirq=args.softirq, max_runs=4 if args.quick else 8,
-                            growth=1.5 if args.quick else 1.3, untraced_runs=1 if args.quick else 2)
+                            growth=1.5 if args.quick else 1.3, untraced_runs=1 if args.quick else 3)
         finally:
             if group:
                 group.close()

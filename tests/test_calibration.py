@@ -269,6 +269,15 @@ def test_comparison_figures_and_verdict():
     assert queue_flows(50.0, 64, 50) == 124
 
 
+def test_tracing_overhead_is_the_median_pair_so_one_slow_spell_does_not_set_it():
+    """Three traced/untraced pairs, one whose untraced run met a slow spell: the median ignores it."""
+    from calibration.calibrate import tracing_ratio
+    pairs = [(3070.0, 49.5, 48.6, 0.04, 0.17), (2360.0, 48.8, 61.7, 0.39, 0.20), (1820.0, 50.0, 49.0, 0.4, 0.4)]
+    assert tracing_ratio(pairs) == pytest.approx(48.6 / 49.5)
+    assert tracing_ratio(pairs[:1]) == pytest.approx(48.6 / 49.5)
+    assert tracing_ratio([]) == 1.0
+
+
 def test_host_level_is_the_median_saturated_round_over_the_first():
     """Each round's CPU per reply is its CPU over its replies; the factor is the median of the
     rounds in which the server used its whole share (saturated), over the first; with the first
