@@ -72,7 +72,7 @@ from sim.scenario import ScenarioError, load_scenario
 from . import blackbox, micro
 from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
                         workload_for)
-from .drift import ROUND_FRACTION, HostLevel, level_round
+from .drift import ROUND_MULTIPLE, HostLevel, level_round
 from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
                      run_inside, scaled_profile, sendfile_readahead_kb)
 from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, sustained, sweep,
@@ -983,7 +983,7 @@ def main(argv=None) -> int:
         level = None
         if not args.profile:                 # the calibration's configuration again between the cases
             busiest = max(cal.runs, key=lambda r: r["reply_rps"])
-            level = HostLevel(rate=float(round(ROUND_FRACTION * busiest["reply_rps"], -1)),
+            level = HostLevel(rate=float(round(ROUND_MULTIPLE * busiest["reply_rps"], -1)),
                               cpu_fraction=st.cpu_fraction)
 
         def host_round(when):
