@@ -30,15 +30,13 @@ import time
 from dataclasses import dataclass, field
 
 from .cgroup import CgroupError, cpu_share
-from .measure import LiveServer, MeasureError, sweep, utilisation
+from .measure import SATURATED, LiveServer, MeasureError, sweep, utilisation
 
 # The rounds run at this multiple of the busiest rate the calibration sustained, traced: far enough
 # past the untraced server's saturation that a spell of a faster host still saturates it. (Tracing
 # costs sped about 15 %, so at 1.4 x the untraced server was only at its knee: 99 % of its share
 # and keeping up, 2026-11-27 04:05.)
 ROUND_MULTIPLE = 2.0
-# A round counts when the server used at least this much of its share: it was saturated.
-SATURATED = 0.9
 
 
 @dataclass

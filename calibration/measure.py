@@ -355,6 +355,16 @@ def sustained(run: dict, kept: float = 0.9) -> bool:
     return run["errors_pct"] < 1.0 and run["reply_rps"] >= kept * run["offered_window_rps"]
 
 
+# A run saturated the server when it used at least this much of its CPU share.
+SATURATED = 0.9
+
+
+def past_saturation(run: dict, cpu_fraction: float = 1.0) -> bool:
+    """The server was saturated and did not keep up: its CPU per reply there is the demand that sets
+    its peak (nobody sleeps, and whatever a loaded server saves by batching is in it)."""
+    return utilisation(run, cpu_fraction) >= SATURATED and not sustained(run)
+
+
 def rising_sweep(server, workload, start_rps: float, duration_s: float, *, growth: float = 1.3, max_runs: int = 6,
                  seed: int = 0, httperf: str = "httperf", log=print) -> list[dict]:
     """Runs at start, start x growth, ... until one is not sustained (kept) or `max_runs` are done."""

@@ -35,8 +35,9 @@ The cases:
                   are recorded per rate                                  (held out)
   nginx-blackbox  nginx, known only by pid and port: its demand from
                   /proc CPU time and reply rate (utilisation law) in
-                  the busiest of a rising series of runs it kept up with, a
-                  saturation rate predicted from it and checked against
+                  the runs of a rising series that went past its
+                  saturation, a saturation rate predicted from it (a
+                  separate run from the sweep) and checked against
                   a measured sweep; the symped model run on that demand
 
 The CPU cases run the server on a fraction of core 0 (a CFS quota, see
@@ -75,7 +76,7 @@ from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, 
 from .drift import ROUND_MULTIPLE, HostLevel, level_round
 from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
                      run_inside, scaled_profile, sendfile_readahead_kb)
-from .measure import (LiveServer, MeasureError, load_average, process_tree, rss_kb, sustained, sweep,
+from .measure import (LiveServer, MeasureError, load_average, past_saturation, process_tree, rss_kb, sustained, sweep,
                       utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
 from real.httperf import MAX_INSTANCES, MAX_TEMPLATES
@@ -591,7 +592,7 @@ def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> d
 
 
 def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
-    """nginx as a black box: demand from light runs, predicted saturation, a measured sweep, the model."""
+    """nginx as a black box: demand read past saturation, wake-ups from the lighter runs, predicted saturation, a measured sweep, the model."""
     from real.httperf import Nginx
     log = st.log
     group = cpu_share(st.cpu_fraction)
@@ -601,10 +602,11 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                 with open(group.procs, "w") as f:
                     f.write(str(p))
             pid, port = ng.proc.pid, ng.port
-            # the demand by the utilisation law, from runs below saturation. The CPU per reply falls as
-            # the load rises (fewer wake-ups from idle), so the runs rise (x1.3 from what a light run
-            # suggests) until one no longer keeps up, and the CPU of those that kept up is split into a
-            # demand per reply and a cost per wake-up
+            # the demand by the utilisation law. The CPU per reply falls as the load rises (fewer
+            # wake-ups from idle, more events per poll), so the runs rise (x1.3 from what a light run
+            # suggests) until one no longer keeps up; that rate is run again, and the median CPU per
+            # reply of the runs past saturation is the demand, the light runs' CPU beyond it their
+            # wake-ups' (`blackbox.demands_with_wakeups`)
             probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
             rate = blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
             for i in range(3 if st.quick else 8):
@@ -613,12 +615,16 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                 probe += blackbox.measure(pid, port, workload, [float(round(rate, -1))], st.duration_s,
                                           seed=st.seed + 501 + i, log=log)
                 rate *= 1.3
-            used = sorted((r for r in probe if sustained(r)), key=lambda r: utilisation(r, st.cpu_fraction)) or probe
-            busiest = blackbox.demands_of(used[-1:])
-            d = blackbox.demands_with_wakeups(used)
+            if not sustained(probe[-1]):
+                probe += blackbox.measure(pid, port, workload, [probe[-1]["offered_rps"]] * (1 if st.quick else 2),
+                                          st.duration_s, seed=st.seed + 520, log=log)
+            used = sorted((r for r in probe if sustained(r) or past_saturation(r, st.cpu_fraction)),
+                          key=lambda r: utilisation(r, st.cpu_fraction)) or probe
+            busiest = blackbox.demands_of([r for r in used if sustained(r)][-1:] or used[-1:])
+            d = blackbox.demands_with_wakeups(used, st.cpu_fraction)
             predicted = d.saturation(st.cpu_fraction)["cpu"]
-            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply and {d.wakeup_s * 1e6:.1f} us per wake-up "
-                f"over {len(used)} runs ({busiest.cpu_s * 1e6:.1f} us per reply, wake-ups included, at "
+            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply ({d.basis}) and {d.wakeup_s * 1e6:.1f} us "
+                f"per wake-up over {len(used)} runs (busiest kept up: {busiest.cpu_s * 1e6:.1f} us per reply, at "
                 f"{used[-1]['offered_rps']:g} req/s, {utilisation(used[-1], st.cpu_fraction):.0%} busy), "
                 f"{d.reply_bytes:.0f} B per reply -> predicted saturation {predicted:.0f} replies/s on "
                 f"{st.cpu_fraction:g} of the core")
@@ -637,12 +643,13 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                  "simulated_as": "cfs quota" if st.sim_quota else "slower core"})
     sim = simulate(scen, st)
     return {"live": live, "sim": sim, "rates": rates, "scenario": os.path.relpath(spath, st.out),
-            "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6,
+            "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6, "basis": d.basis,
                          "busiest_cpu_us_per_reply": busiest.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
                          "disk_bytes_per_reply": d.disk_bytes, "predicted_saturation_rps": predicted,
                          "probe": [{"offered_rps": r["offered_rps"], "reply_rps": r["reply_rps"],
                                     "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
                                     "utilisation": utilisation(r, st.cpu_fraction),
+                                    "past_saturation": past_saturation(r, st.cpu_fraction),
                                     "wakeups_per_reply": r.get("server_wakeups", 0) / max(1, r["replies"]),
                                     "load_avg": r["load_avg"]} for r in probe]},
             "setting": {"cpu_fraction": st.cpu_fraction, **more}}
@@ -736,8 +743,9 @@ def report_md(doc: dict) -> str:
         if "blackbox" in c:
             b = c["blackbox"]
             lines += ["", f"nginx black box: {b['cpu_us_per_reply']:.1f} us CPU per reply and "
-                          f"{b.get('wakeup_us', 0.0):.1f} us per wake-up (utilisation law over the runs"
-                          + (f"; {b['busiest_cpu_us_per_reply']:.1f} us per reply in the busiest, wake-ups included"
+                          f"{b.get('wakeup_us', 0.0):.1f} us per wake-up ({b.get('basis', 'utilisation law over the runs')}"
+                          + (f"; {b['busiest_cpu_us_per_reply']:.1f} us per reply in the busiest run that kept up, "
+                             "wake-ups included"
                              if "busiest_cpu_us_per_reply" in b else "") + "), "
                           f"predicted saturation {b['predicted_saturation_rps']:.0f} replies/s, measured peak "
                           f"{c['live_peak_rps']:.0f} replies/s: error {c['blackbox_error_pct']:+.1f} % "

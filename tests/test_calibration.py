@@ -194,7 +194,8 @@ def test_blackbox_splits_cpu_into_a_demand_per_reply_and_per_wakeup():
     for replies, wake_per_reply in ((2000, 0.6), (3000, 0.4), (4000, 0.25), (4600, 0.1)):
         wakeups = replies * wake_per_reply
         runs.append({"replies": replies, "server_wakeups": wakeups, "server_cpu_s": replies * 25e-6 + wakeups * 60e-6,
-                     "reply_bytes_mean": 15000.0, "load_avg": 1.0, "httperf_wall_s": 1.0})
+                     "reply_bytes_mean": 15000.0, "load_avg": 1.0, "httperf_wall_s": 1.0, "errors_pct": 0.0,
+                     "reply_rps": replies, "offered_window_rps": replies})
     d = demands_with_wakeups(runs)
     assert d.cpu_s == pytest.approx(25e-6, rel=1e-6) and d.wakeup_s == pytest.approx(60e-6, rel=1e-6)
     assert d.saturation(cpu_fraction=0.15)["cpu"] == pytest.approx(6000.0)
@@ -211,6 +212,32 @@ def test_blackbox_splits_cpu_into_a_demand_per_reply_and_per_wakeup():
     assert fit_line_above_busiest(batching)
     d = demands_with_wakeups(batching)
     assert d.wakeup_s == 0.0 and d.cpu_s == pytest.approx(29e-6)
+
+
+def test_blackbox_demand_past_saturation_sets_the_rate():
+    """A loaded server batches: its CPU per reply past saturation is lower than any run that kept up
+    shows, wake-ups taken off or not. Runs past saturation (busy for 90 % of the share and not keeping
+    up) give the demand, their median; the lighter runs' CPU beyond it goes to their wake-ups. A run
+    that is busy but keeps up, or that falls behind while idle, is not past saturation."""
+    from calibration.blackbox import demands_with_wakeups
+    from calibration.measure import past_saturation
+
+    def run(offered, replies, cpu_per_reply, wakeups, busy_wall=1.0):
+        return {"offered_rps": offered, "offered_window_rps": offered, "reply_rps": replies, "replies": replies,
+                "server_cpu_s": replies * cpu_per_reply + wakeups * 40e-6, "server_wakeups": wakeups,
+                "httperf_wall_s": busy_wall, "errors_pct": 0.0, "reply_bytes_mean": 15000.0, "load_avg": 1.0}
+
+    light = [run(400, 400, 36e-6, 350), run(2000, 2000, 33e-6, 800), run(3300, 3300, 31e-6, 900)]
+    # 0.15 of a core: 5000 replies/s at 30 us, 4800 at 31.25 us, 5200 at 28.8 us
+    past = [run(6000, 5000, 30e-6, 10), run(6000, 4800, 31.25e-6, 10), run(6000, 5200, 28.8e-6, 10)]
+    assert all(past_saturation(r, 0.15) for r in past) and not any(past_saturation(r, 0.15) for r in light)
+    assert not past_saturation(run(6000, 3000, 20e-6, 0), 0.15)          # behind, but 40 % busy
+    d = demands_with_wakeups(light + past, cpu_fraction=0.15)
+    assert d.cpu_s == pytest.approx(30e-6 + 10 * 40e-6 / 5000) and "past saturation" in d.basis
+    assert d.saturation(cpu_fraction=0.15)["cpu"] == pytest.approx(0.15 / d.cpu_s)
+    assert 40e-6 < d.wakeup_s < 60e-6          # the light runs' batching is charged to their wake-ups
+    # without a run past saturation, the split over the runs that kept up, as before
+    assert "least squares" in demands_with_wakeups(light, cpu_fraction=0.15).basis
 
 
 def fit_line_above_busiest(runs) -> bool:
