@@ -620,12 +620,13 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                           st.duration_s, seed=st.seed + 520, log=log)
             used = sorted((r for r in probe if sustained(r) or past_saturation(r, st.cpu_fraction)),
                           key=lambda r: utilisation(r, st.cpu_fraction)) or probe
-            busiest = blackbox.demands_of([r for r in used if sustained(r)][-1:] or used[-1:])
+            top = ([r for r in used if sustained(r)] or used)[-1]      # the busiest run that kept up
+            busiest = blackbox.demands_of([top])
             d = blackbox.demands_with_wakeups(used, st.cpu_fraction)
             predicted = d.saturation(st.cpu_fraction)["cpu"]
             log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply ({d.basis}) and {d.wakeup_s * 1e6:.1f} us "
                 f"per wake-up over {len(used)} runs (busiest kept up: {busiest.cpu_s * 1e6:.1f} us per reply, at "
-                f"{used[-1]['offered_rps']:g} req/s, {utilisation(used[-1], st.cpu_fraction):.0%} busy), "
+                f"{top['offered_rps']:g} req/s, {utilisation(top, st.cpu_fraction):.0%} busy), "
                 f"{d.reply_bytes:.0f} B per reply -> predicted saturation {predicted:.0f} replies/s on "
                 f"{st.cpu_fraction:g} of the core")
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
