@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -86,6 +87,15 @@ def gap_pct(a: float, b: float) -> float:
     return 100.0 * (a / b - 1.0)
 
 
+def gap_halfwidth(a: dict, b: dict) -> float:
+    """95 % half-width, in points, of the gap a/b - 1 from the two means' own half-widths (first
+    order, as if independent: the replications share their seeds, so this errs on the wide side);
+    nan with one replication."""
+    ha, hb = a.get("throughput_mbps_halfwidth", math.nan), b.get("throughput_mbps_halfwidth", math.nan)
+    ma, mb = a["throughput_mbps"], b["throughput_mbps"]
+    return 100.0 * (ma / mb) * math.hypot(ha / ma, hb / mb)
+
+
 def pairs_in_order(reference: list[str], other: list[str]) -> tuple[int, int]:
     """(pairs of `reference` that `other` puts in the same order, pairs): Kendall's count of agreement."""
     pos = {lab: i for i, lab in enumerate(other)}
@@ -116,8 +126,10 @@ def compare(sim: dict[str, dict[float, dict]], rates) -> dict:
     gaps = {}
     for other, key in (("knot-b-20K-100w", "best_vs_knot_b"), ("knot-c-20K-100w-1GB", "best_vs_knot_c")):
         if BEST in sim and other in sim and at is not None:
+            a, b = sim[BEST][at], sim[other][at]
             gaps[key] = {"study": gap_pct(study_at(FIG7, BEST, at), study_at(FIG7, other, at)),
-                         "sim": gap_pct(sim[BEST][at]["throughput_mbps"], sim[other][at]["throughput_mbps"])}
+                         "sim": gap_pct(a["throughput_mbps"], b["throughput_mbps"]),
+                         "sim_halfwidth": gap_halfwidth(a, b)}
     out["gaps"] = gaps
     top = max(r for r in rates)
     if top in RATES:
@@ -145,8 +157,13 @@ def report(res: dict) -> str:
     if "three_best_ahead" in res:
         lines.append(f"three best ahead of every Knot variant: {'yes' if res['three_best_ahead'] else 'NO'}")
     for key, g in res["gaps"].items():
+        off, hw = g["sim"] - g["study"], g.get("sim_halfwidth", math.nan)
+        noise = ""
+        if not math.isnan(hw):
+            noise = f", +- {hw:.1f} from the replications" + (": a miss the noise covers"
+                                                              if abs(off) > 3 and abs(off) - hw <= 3 else "")
         lines.append(f"gap {key} at {GAP_RATE:,} req/s: study {g['study']:+.1f} %, simulated {g['sim']:+.1f} % "
-                     f"(off by {g['sim'] - g['study']:+.1f} points)")
+                     f"(off by {off:+.1f} points{noise})")
     if "fig8_rate" in res:
         lines.append(f"Figure 8 at {res['fig8_rate']:,} req/s, highest mean response first:")
         lines.append("  study:     " + " > ".join(res["fig8_study"]))
@@ -205,7 +222,8 @@ def main(argv=None) -> int:
     wall = time.monotonic() - t
     sim = {}
     for p in results:
-        sim.setdefault(p.label, {})[int(p.offered_rps)] = {k: e.mean for k, e in p.metrics.items()}
+        point = sim.setdefault(p.label, {})[int(p.offered_rps)] = {k: e.mean for k, e in p.metrics.items()}
+        point["throughput_mbps_halfwidth"] = p.metrics["throughput_mbps"].halfwidth
     res = compare(sim, rates)
     res["wall_s"] = wall
     print(report(res))

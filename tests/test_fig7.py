@@ -40,3 +40,23 @@ def test_a_curve_too_high_shows_in_its_peak_the_ranking_and_the_gap():
     assert res["rank_pairs"][0] < 28                  # knot-c moves up past knot-b, knot-nb and more
     assert res["gaps"]["best_vs_knot_c"]["sim"] < res["gaps"]["best_vs_knot_c"]["study"]
     assert "pairs in the study's order" in fig7.report(res)
+
+
+def test_a_gap_carries_the_replications_noise():
+    """Each mean's 95 % half-width gives the gap's, in points; a miss within it is said to be so."""
+    rates = (12500, 15000, 25000, 30000)
+    sim = _sim({"knot-c-20K-100w-1GB": 0.97}, rates)          # the gap 3.1 points too wide
+    for lab in sim:
+        for r in rates:
+            sim[lab][r]["throughput_mbps_halfwidth"] = 0.04 * sim[lab][r]["throughput_mbps"]
+    res = fig7.compare(sim, rates)
+    g = res["gaps"]["best_vs_knot_c"]
+    assert abs(g["sim"] - g["study"]) > 3
+    ratio = 1 + g["sim"] / 100
+    assert abs(g["sim_halfwidth"] - 100 * ratio * 0.04 * 2 ** 0.5) < 1e-9
+    assert "a miss the noise covers" in fig7.report(res)
+    for lab in sim:                                           # one replication: no half-width, no claim
+        for r in rates:
+            sim[lab][r]["throughput_mbps_halfwidth"] = float("nan")
+    text = fig7.report(fig7.compare(sim, rates))
+    assert "+-" not in text.split("gap best_vs_knot_c")[1].splitlines()[0]
