@@ -719,6 +719,11 @@ def host_level_md(h: dict | None) -> list[str]:
     lines += [f"| {r['when']} | {r['reply_rps']:.0f} | {r['cpu_us_per_reply']:.1f} | "
               f"{100 * r['share_used']:.0f} %{'' if r['saturated'] else ' (not saturated: not used)'} | "
               f"{_f(r['load_avg'])} |" for r in h["rounds"]]
+    used = [r["cpu_us_per_reply"] for r in h["rounds"] if r["saturated"]]
+    if len(used) > 1:
+        lines += ["", f"The host itself moved by **x{max(used) / min(used):.2f}** between its slowest and fastest "
+                      f"round ({min(used):.1f}-{max(used):.1f} us per reply); each case's live sweeps ran at "
+                      "some point of that range."]
     return lines
 
 

@@ -811,3 +811,13 @@ def test_level_is_taken_on_what_the_profile_charges_for_the_busiest_run():
     # on the busiest run's own samples, the profile would have charged it 28 % more than it used
     sampled_scale = fit.refit_scale([busy[1]], {"traced": 1.0, "loops": 30e-6})
     assert sampled_scale * counts[1].traced + 400 * 30e-6 > 1.2 * 0.090
+
+
+def test_the_host_levels_report_says_how_far_the_host_moved():
+    from calibration.validate import host_level_md
+    rounds = [{"when": w, "reply_rps": 1e6 / us * 0.15, "cpu_us_per_reply": us, "share_used": share,
+               "saturated": share >= 0.9, "load_avg": 1.0}
+              for w, us, share in (("after", 20.0, 1.0), ("before a", 25.0, 1.0), ("before b", 40.0, 0.5))]
+    text = "\n".join(host_level_md({"rate": 16000.0, "factor": 1.125, "rounds": rounds}))
+    assert "x1.25" in text and "20.0-25.0 us" in text          # the unsaturated round is left out
+    assert "moved" not in "\n".join(host_level_md({"rate": 1.0, "factor": 1.0, "rounds": rounds[:1]}))
