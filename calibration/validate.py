@@ -592,7 +592,8 @@ def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> d
 
 
 def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
-    """nginx as a black box: demand read past saturation, wake-ups from the lighter runs, predicted saturation, a measured sweep, the model."""
+    """nginx as a black box: its demand read past saturation, the saturation predicted from it, a
+    measured sweep, the model."""
     from real.httperf import Nginx
     log = st.log
     group = cpu_share(st.cpu_fraction)
@@ -722,8 +723,7 @@ def host_level_md(h: dict | None) -> list[str]:
     used = [r["cpu_us_per_reply"] for r in h["rounds"] if r["saturated"]]
     if len(used) > 1:
         lines += ["", f"The host itself moved by **x{max(used) / min(used):.2f}** between its slowest and fastest "
-                      f"round ({min(used):.1f}-{max(used):.1f} us per reply); each case's live sweeps ran at "
-                      "some point of that range."]
+                      f"round ({min(used):.1f}-{max(used):.1f} us per reply), within the minutes the cases ran."]
     return lines
 
 
