@@ -27,7 +27,8 @@ The cases:
                   starts with the cache of a long-running server); simulated
                   with the two-list cache, the cgroup's own charge other
                   than page cache as footprint (idle, or under load in the
-                  warm-up if larger), no charge per connection and the device's
+                  warm-up if larger, or its fit's intercept), a charge per
+                  open connection fitted in the warm-up, and the device's
                   readahead (`disk_inputs`); both sides replay the same
                   8,000 sessions (`--disk-sessions`: as many as eight
                   httperf processes hold), so the two caches see the same
@@ -314,16 +315,20 @@ def live_hardware(profile_hw) -> dict:
 
 
 def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_limit_mb: float,
-                loaded_kb: float | None = None):
+                loaded_kb: float | None = None, per_connection: tuple[float, float] | None = None):
     """The disk case's profile and hardware from the live cgroup's readings.
 
     - the page cache is Linux's two lists (active and inactive), as in the live kernel;
     - the footprint is the cgroup's own charge with the server idle (usage less its page cache),
       not VmRSS: the interpreter's shared library pages were charged to whoever touched them first;
-    - connections take 0 KB: cgroup v1 charges socket buffers to memory.kmem.tcp, apart from
+    - socket buffers take nothing: cgroup v1 charges them to memory.kmem.tcp, apart from
       memory.limit_in_bytes (and only if its limit is set), so they do not shrink the live cache.
-      The server's own state per connection is anonymous memory and is charged; its growth under
-      load is measured in the run (`rss_growth_kb` in the report) as a check on this 0;
+      But each open connection's kernel objects (socket, file, epoll item) are kernel memory
+      charged to the group, and the server's state for it anonymous memory: `per_connection`,
+      (bytes at no connection, bytes per connection) fitted over the warm-up's samples of the
+      charge other than page cache against the connections open (`per_connection_charge`), gives
+      `connection_kb`, and its intercept the footprint (if above the idle charge); without it,
+      connections take 0 KB;
     - one readahead window stands for the kernel's ramp under the device's read_ahead_kb;
     - `loaded_kb`, if given: the charge other than page cache with the server under load (the
       median over the warm-up run, `ChargeSampler`), which holds the kernel memory the files and
@@ -332,14 +337,17 @@ def disk_inputs(profile, hw: dict, charge: dict, device_ra_kb: float, memory_lim
     Returns the profile, the hardware and the readings for the report."""
     idle_kb = (charge["usage"] - charge["cache"]) / 1024
     footprint_kb = max(idle_kb, loaded_kb or 0.0)
+    connection_kb = 0.0
+    if per_connection is not None:
+        footprint_kb, connection_kb = max(idle_kb, per_connection[0] / 1024), round(per_connection[1] / 1024, 3)
     window = round(sendfile_readahead_kb(device_ra_kb), 1)
     prof = dataclasses.replace(profile, footprint=dataclasses.replace(
-        profile.footprint, process_kb=float(round(footprint_kb)), connection_kb=0.0))
+        profile.footprint, process_kb=float(round(footprint_kb)), connection_kb=connection_kb))
     hw = {**hw, "memory_mb": memory_limit_mb, "kernel_mb": 0.0, "page_cache": "two-list", "disk_readahead_kb": window}
     readings = {"cgroup_usage_kb": round(charge["usage"] / 1024), "cgroup_cache_kb": round(charge["cache"] / 1024),
                 "cgroup_rss_kb": round(charge["rss"] / 1024), "footprint_kb": round(footprint_kb),
                 "footprint_idle_kb": round(idle_kb),
-                "device_read_ahead_kb": device_ra_kb, "disk_readahead_kb": window, "connection_kb": 0.0,
+                "device_read_ahead_kb": device_ra_kb, "disk_readahead_kb": window, "connection_kb": connection_kb,
                 "page_cache": "two-list"}
     if loaded_kb is not None:
         readings["footprint_loaded_kb"] = round(loaded_kb)
@@ -354,15 +362,53 @@ def kmem_bytes(group) -> int | None:
         return None
 
 
+def open_connections(port: int) -> int:
+    """TCP connections the server on `port` holds open, in this network namespace (/proc/net/tcp
+    and tcp6): established, or closed by the client and not yet by the server (TIME_WAIT's
+    small records and the listener are left out)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] in ("01", "08") and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
+def per_connection_charge(samples: list[tuple[int, float]], spread: int = 100) -> tuple[float, float] | None:
+    """(bytes at no connection, bytes per open connection) by least squares of a cgroup's charge on
+    the connections open, over (connections, charge) samples; None if the connections did not vary
+    by `spread` or the slope is not positive."""
+    if len(samples) < 5:
+        return None
+    conns = [c for c, _ in samples]
+    if max(conns) - min(conns) < spread:
+        return None
+    import numpy as np
+    x = np.array(conns, dtype=float)
+    y = np.array([b for _, b in samples], dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    if slope <= 0:
+        return None
+    return float(intercept), float(slope)
+
+
 class ChargeSampler:
     """A memory cgroup's charge while a `with` block runs, every 0.2 s: the peak of its rss
     (`peak`), and every sample of its charge other than page cache (usage less cache) and of
-    its kernel memory, whose medians are `noncache_median` and `kmem_median`."""
+    its kernel memory, whose medians are `noncache_median` and `kmem_median`. Given the server's
+    port, each sample of the charge other than page cache also goes with the connections then
+    open (`by_connections`)."""
 
-    def __init__(self, group):
+    def __init__(self, group, port: int | None = None):
         import threading
-        self.group, self.peak, self._stop = group, 0, threading.Event()
-        self.noncache, self.kmem = [], []
+        self.group, self.port, self.peak, self._stop = group, port, 0, threading.Event()
+        self.noncache, self.kmem, self.by_connections = [], [], []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -371,6 +417,8 @@ class ChargeSampler:
                 c = memory_charge(self.group)
                 self.peak = max(self.peak, c["rss"])
                 self.noncache.append(c["usage"] - c["cache"])
+                if self.port is not None:
+                    self.by_connections.append((open_connections(self.port), c["usage"] - c["cache"]))
                 k = kmem_bytes(self.group)
                 if k is not None:
                     self.kmem.append(k)
@@ -530,13 +578,17 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
             scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
             if case.setting == "disk":
                 log("  warming the page cache (not measured)")
-                with ChargeSampler(group) as warm:
+                with ChargeSampler(group, srv.port) as warm:
                     sweep(srv, workload, rates[:1], st.duration_s, seed=st.seed + 900, log=log)
                 loaded = warm.noncache_median
                 if loaded is not None:
-                    # the footprint under load, for the simulator (the rates stay as the twin chose them)
+                    # the footprint under load, and each open connection's charge, for the simulator
+                    # (the rates stay as the twin chose them)
+                    per_conn = per_connection_charge(warm.by_connections)
                     profile, hw, readings = disk_inputs(profile0, hw0, charge, read_ahead_kb(root),
-                                                        st.memory_limit_mb, loaded / 1024)
+                                                        st.memory_limit_mb, loaded / 1024, per_conn)
+                    if warm.by_connections:
+                        extra["warmup_connections_max"] = max(c for c, _ in warm.by_connections)
                     kmem = warm.kmem_median
                     extra.update(readings)
                     if kmem is not None:
@@ -544,8 +596,9 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
                     scen, spath = case_scenario(case, profile, hw, workload, rates, st, {"case": case.name, **extra})
                     log(f"  charge other than page cache during the warm-up: {readings['footprint_loaded_kb']} KB "
                         f"(median; kernel memory {extra.get('warmup_kmem_kb', 'n/a')} KB), idle "
-                        f"{readings['footprint_idle_kb']} "
-                        f"KB: footprint {readings['footprint_kb']} KB")
+                        f"{readings['footprint_idle_kb']} KB; per open connection {readings['connection_kb']} KB "
+                        f"(up to {extra.get('warmup_connections_max', 'n/a')} open): footprint "
+                        f"{readings['footprint_kb']} KB")
             if case.setting == "disk":
                 reads0, rss0 = reads_serviced(blk), memory_charge(group)["rss"]
                 with ChargeSampler(group) as sampler:

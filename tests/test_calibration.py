@@ -19,7 +19,7 @@ from calibration.netns import goodput_gbps, queue_flows
 from calibration.validate import (Settings, all_cases, case_scenario, compare, cpu_setting, disk_inputs, reads_serviced,
                                  saturation_rate, verdict, write_scenario)
 from real.trace import OpStats, Trace, read_trace
-from sim.config import Hardware
+from sim.config import Footprint, Hardware, Profile
 from sim.operations import Cost
 from sim.profile import load_profile, write_profile
 from sim.scenario import load_scenario
@@ -821,3 +821,41 @@ def test_the_host_levels_report_says_how_far_the_host_moved():
     text = "\n".join(host_level_md({"rate": 16000.0, "factor": 1.125, "rounds": rounds}))
     assert "x1.25" in text and "20.0-25.0 us" in text          # the unsaturated round is left out
     assert "moved" not in "\n".join(host_level_md({"rate": 1.0, "factor": 1.0, "rounds": rounds[:1]}))
+
+
+def test_a_charge_per_open_connection_is_fitted_from_the_warm_up():
+    """The disk case's cgroup charge (other than page cache) against the connections open: the
+    slope is each connection's charge, the intercept the footprint; too little spread, no fit."""
+    from calibration.validate import disk_inputs, per_connection_charge
+    samples = [(c, 12e6 + 1500.0 * c) for c in (0, 50, 200, 400, 800, 1200, 900, 300, 10)]
+    at0, per = per_connection_charge(samples)
+    assert at0 == pytest.approx(12e6) and per == pytest.approx(1500.0)
+    assert per_connection_charge([(c, 1e6) for c in (100, 120, 130, 110, 125)]) is None      # no spread
+    assert per_connection_charge([(c, 5e6 - c) for c in (0, 200, 400, 600, 800)]) is None    # falls
+    charge = {"usage": 20 * 2**20, "cache": 10 * 2**20, "rss": 5 * 2**20}
+    prof = Profile(name="p", costs={}, hardware=Hardware(cores=1, kernel_mb=0.0), footprint=Footprint())
+    p1, hw, readings = disk_inputs(prof, {}, charge, 128, 64.0, 11 * 1024, (at0, per))
+    assert p1.footprint.connection_kb == pytest.approx(1500 / 1024, abs=1e-3)
+    assert p1.footprint.process_kb == pytest.approx(round(12e6 / 1024))
+    p0, _, _ = disk_inputs(prof, {}, charge, 128, 64.0, 11 * 1024)
+    assert p0.footprint.connection_kb == 0.0 and p0.footprint.process_kb == 11 * 1024
+
+
+def test_open_connections_counts_a_servers_established_sockets():
+    import socket
+    from calibration.validate import open_connections
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    port = lst.getsockname()[1]
+    clients, served = [], []
+    try:
+        assert open_connections(port) == 0
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", port))
+            clients.append(c)
+            served.append(lst.accept()[0])
+        assert open_connections(port) == 3
+    finally:
+        for s in clients + served + [lst]:
+            s.close()
