@@ -188,40 +188,80 @@ def probe_capacity(srv: LiveServer, workload: Workload, cpu_fraction: float, rat
 def tracing_ratio(pairs) -> float:
     """The median over `pairs` (rate, traced us, untraced us, ...) of untraced over traced CPU per reply.
 
-    The median, not the mean: the two runs of a pair are a minute apart on a host whose speed
-    drifts, and one pair that met a slow spell (2026-11-27 04:51: 48.8 us traced, 61.7 untraced,
+    The median, not the mean: a host whose speed drifts can slow one pair down by itself, and one
+    pair that met a slow spell (2026-11-27 04:51: 48.8 us traced, 61.7 untraced,
     where the pair beside it agreed) would otherwise set every cost by itself."""
     return statistics.median(b / a for _, a, b, *_ in pairs) if pairs else 1.0
 
 
-def untraced_ratio(arch, root, server_args, workload, traced_runs, duration_s, seed, cgroup_procs, log,
+def abba_pairs(rates, run_traced, run_untraced) -> list:
+    """(rate, traced runs, untraced runs) at each rate, run as traced, untraced, untraced, traced:
+    a drift of the host that is linear over the four runs then weighs both sides alike.
+
+    Why: the host's speed drifts by 10 % and more over minutes (calibration/drift.py). Until
+    2026-11-27 the pairs compared the traced sweep with untraced runs minutes after it, and in the
+    08:34 run all three read the untraced server 14-25 % dearer, so every cost rose by x1.167. Side
+    by side (09:23, live sped at 15 % of a core, both servers up, four pairs alternated), untraced
+    over traced was 0.92-0.99 at the busiest sustained rate, and past saturation the second run of
+    each pair was the dearer one by 2-9 %, whichever server it was."""
+    pairs = []
+    for rate in rates:
+        t1 = run_traced(rate)
+        u1 = run_untraced(rate)
+        u2 = run_untraced(rate)
+        t2 = run_traced(rate)
+        pairs.append((rate, (t1, t2), (u1, u2)))
+    return pairs
+
+
+def cpu_per_reply(runs) -> float:
+    """Server CPU seconds per reply over `runs` together (0 with no replies)."""
+    replies = sum(r["replies"] for r in runs)
+    return sum(r["server_cpu_s"] for r in runs) / replies if replies else 0.0
+
+
+def wakeups_per_reply(runs) -> float:
+    replies = sum(r["replies"] for r in runs)
+    return sum(r.get("server_wakeups", 0) for r in runs) / replies if replies else 0.0
+
+
+def untraced_ratio(arch, root, server_args, workload, rates, duration_s, seed, cgroup_procs, log,
                    wakeup_s: float = 0.0):
-    """Median over the rates of `traced_runs` of (untraced CPU per reply) / (traced CPU per reply), from
-    /proc, with the same server and settings but no tracing (`tracing_ratio`); the mean ratio with the
-    wake-ups (`wakeup_s` each) taken off both sides, for the record; and the pairs they came from.
+    """Median over `rates` of (untraced CPU per reply) / (traced CPU per reply), from /proc, the same
+    server and settings traced and not, both running and driven in turn (`abba_pairs`,
+    `tracing_ratio`); the mean ratio with the wake-ups (`wakeup_s` each) taken off both sides, for
+    the record; and the pairs they came from.
 
     The plain ratio is the one used. Taking the wake-ups off looks right (tracing adds to the calls,
     not to a wake-up), but at one offered rate the traced server may be saturated and the
     untraced one not, so their wake-ups per reply differ 3 to 20 times and the comparison then
     rests on the wake-up's fitted cost: it gave 0.67-0.77 on 2026-11-26, where the tracer's own cost
     per call (about 0.2 us a call, some ten calls a reply) is a few per cent."""
-    srv = LiveServer(arch, root, list(server_args), cgroup_procs=cgroup_procs)
+    tracedir = tempfile.mkdtemp(prefix="calib-pair-")
+    traced = LiveServer(arch, root, list(server_args), trace_prefix=os.path.join(tracedir, arch),
+                        cgroup_procs=cgroup_procs)
+    untraced = LiveServer(arch, root, list(server_args), cgroup_procs=cgroup_procs)
     pairs = []
-    with srv:
-        time.sleep(0.5)
-        for r in traced_runs:
-            u = sweep(srv, workload, [r["offered_rps"]], duration_s, seed=seed + 2000, log=log)[0]
-            if u["replies"] > 0 and r["replies"] > 0 and r["server_cpu_s"] > 0:
-                a, b = r["server_cpu_s"] / r["replies"], u["server_cpu_s"] / u["replies"]
-                wa, wb = r.get("server_wakeups", 0) / r["replies"], u.get("server_wakeups", 0) / u["replies"]
-                pairs.append((r["offered_rps"], 1e6 * a, 1e6 * b, wa, wb))
+    try:
+        with traced, untraced:
+            time.sleep(0.5)
+
+            def run(srv):
+                return lambda rate: sweep(srv, workload, [rate], duration_s, seed=seed + 2000, log=log)[0]
+
+            for rate, t, u in abba_pairs(rates, run(traced), run(untraced)):
+                a, b = cpu_per_reply(t), cpu_per_reply(u)
+                if a > 0 and b > 0:
+                    pairs.append((rate, 1e6 * a, 1e6 * b, wakeups_per_reply(t), wakeups_per_reply(u)))
+    finally:
+        shutil.rmtree(tracedir, ignore_errors=True)
     if not pairs:
         return 1.0, 1.0, pairs
     ratio = tracing_ratio(pairs)
     off = [(b - 1e6 * wakeup_s * wb) / (a - 1e6 * wakeup_s * wa) for _, a, b, wa, wb in pairs
            if a > 1e6 * wakeup_s * wa and b > 1e6 * wakeup_s * wb]
     ratio_off = sum(off) / len(off) if off else math.nan
-    log("  tracing overhead: CPU per reply traced / untraced " + ", ".join(
+    log("  tracing overhead: CPU per reply traced / untraced, side by side " + ", ".join(
         f"{a:.1f} / {b:.1f} us ({wa:.3f} / {wb:.3f} wake-ups) at {rate:g} req/s" for rate, a, b, wa, wb in pairs)
         + f": costs x{ratio:.3f} (wake-ups taken off both: x{ratio_off:.3f}, not used)")
     return ratio, ratio_off, pairs
@@ -281,7 +321,7 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
               server_args=(), disk_dir: str | None = None, log=print, name: str = "calibrated-here",
               cpu_fraction: float = 1.0, cgroup_procs: str | None = None, softirq: bool = False,
               probe_rps: float = 400.0, max_runs: int = 8, min_util: float = MIN_UTILISATION,
-              growth: float = 1.3, untraced_check: bool = True, untraced_runs: int = 3) -> Calibration:
+              growth: float = 1.3, untraced_check: bool = True, pair_rates: int = 3) -> Calibration:
     """Measure `arch` at `rates` and fit a profile.
 
     With rates None: a light probe run, then a rising sweep from the capacity the probe suggests
@@ -374,14 +414,15 @@ def calibrate(arch: str, root: str, workload: Workload, rates, duration_s: float
     unseen.coef["traced_all_runs"] = unseen.coef["traced"]
     unseen.coef["traced_top_two"] = fitting.refit_scale([counts[i] for i in top[:2]], unseen.coef)
     unseen.coef["traced"] = fitting.refit_scale([charged[top[0]]], unseen.coef)
-    # tracing has a cost of its own (a record per call, CPU samples, flushes): the same rates run again
-    # untraced, and the CPU per reply of the untraced server over the traced one scales every cost
-    # but the wake-up, so the profile is that of the server as it runs when not measured
+    # tracing has a cost of its own (a record per call, CPU samples, flushes): the busiest rates run
+    # again, traced and untraced side by side, and the CPU per reply of the untraced server over the
+    # traced one scales every cost but the wake-up, so the profile is that of the server as it runs
+    # when not measured
     overhead, overhead_off, pairs = 1.0, math.nan, []
     if untraced_check:
-        overhead, overhead_off, pairs = untraced_ratio(arch, root, server_args, workload, [runs[i] for i in top[:untraced_runs]],
-                                         duration_s, seed, cgroup_procs, log,
-                                         wakeup_s=unseen.coef.get("wakeups", 0.0))
+        busiest = [runs[i]["offered_rps"] for i in top[:pair_rates]]
+        overhead, overhead_off, pairs = untraced_ratio(arch, root, server_args, workload, busiest, duration_s, seed,
+                                                       cgroup_procs, log, wakeup_s=unseen.coef.get("wakeups", 0.0))
         unseen.coef = {k: (v * overhead if k in ("traced", "loops", "bytes", "connections") else v)
                        for k, v in unseen.coef.items()}
     extras = {"ctx_switch": micro.ctx_switch_s(), "handoff": micro.handoff_s()}
@@ -560,7 +601,7 @@ def main(argv=None) -> int:
                             disk_dir=root if args.disk else None, name=args.name, log=lambda s: print(s, flush=True),
                             cpu_fraction=args.cpu_fraction, cgroup_procs=group.procs if group else None,
                             softirq=args.softirq, max_runs=4 if args.quick else 8,
-                            growth=1.5 if args.quick else 1.3, untraced_runs=1 if args.quick else 3)
+                            growth=1.5 if args.quick else 1.3, pair_rates=1 if args.quick else 3)
         finally:
             if group:
                 group.close()

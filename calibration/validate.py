@@ -1038,7 +1038,7 @@ def main(argv=None) -> int:
                                 server_args=LIVE_COMMON, name="calibrated-here", log=log,
                                 cpu_fraction=st.cpu_fraction, cgroup_procs=group.procs,
                                 max_runs=4 if args.quick else 8, growth=1.5 if args.quick else 1.3,
-                                untraced_runs=1 if args.quick else 3)
+                                pair_rates=1 if args.quick else 3)
             finally:
                 group.close()
             calib_text = format_fits(cal)
