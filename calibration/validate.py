@@ -250,14 +250,16 @@ def median_rows(sweeps: list[list[dict]]) -> list[dict]:
     return rows
 
 
-def repeated_sweep(srv, workload, rates, st: Settings, **kw) -> tuple[list[dict], dict]:
-    """`st.repeat` live sweeps at the same rates and seed, one after another: the median rows, and
-    (with more than one) every sweep's reply rates for the record."""
+def repeated_sweep(srv, workload, rates, st: Settings, after_each=None, **kw) -> tuple[list[dict], dict]:
+    """`st.repeat` live sweeps at the same rates and seed, one after another (`after_each(k)` called
+    after sweep k): the median rows, and (with more than one) every sweep's reply rates for the record."""
     sweeps = []
     for k in range(st.repeat):
         if st.repeat > 1:
             st.log(f"  live sweep {k + 1} of {st.repeat}")
         sweeps.append(sweep(srv, workload, rates, st.duration_s, seed=st.seed, log=st.log, **kw))
+        if after_each is not None:
+            after_each(k)
     extra = {"live_sweeps_reply_rps": [[round(r["reply_rps"], 1) for r in s] for s in sweeps]} if st.repeat > 1 else {}
     return median_rows(sweeps), extra
 
@@ -644,6 +646,24 @@ def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> d
     return res
 
 
+def nginx_demand(probe: list[dict], st: Settings):
+    """The black box's demands from the runs so far (`blackbox.demands_with_wakeups` on those that
+    kept up or went past saturation), the busiest run that kept up and its own demands, and the
+    predicted saturation."""
+    used = sorted((r for r in probe if sustained(r) or past_saturation(r, st.cpu_fraction)),
+                  key=lambda r: utilisation(r, st.cpu_fraction)) or probe
+    top = ([r for r in used if sustained(r)] or used)[-1]
+    busiest = blackbox.demands_of([top])
+    d = blackbox.demands_with_wakeups(used, st.cpu_fraction)
+    predicted = d.saturation(st.cpu_fraction)["cpu"]
+    st.log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply ({d.basis}) and {d.wakeup_s * 1e6:.1f} us "
+           f"per wake-up over {len(used)} runs (busiest kept up: {busiest.cpu_s * 1e6:.1f} us per reply, at "
+           f"{top['offered_rps']:g} req/s, {utilisation(top, st.cpu_fraction):.0%} busy), "
+           f"{d.reply_bytes:.0f} B per reply -> predicted saturation {predicted:.0f} replies/s on "
+           f"{st.cpu_fraction:g} of the core")
+    return d, top, busiest, predicted
+
+
 def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
     """nginx as a black box: its demand read past saturation, the saturation predicted from it, a
     measured sweep, the model."""
@@ -658,9 +678,12 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             pid, port = ng.proc.pid, ng.port
             # the demand by the utilisation law. The CPU per reply falls as the load rises (fewer
             # wake-ups from idle, more events per poll), so the runs rise (x1.3 from what a light run
-            # suggests) until one no longer keeps up; that rate is run again, and the median CPU per
-            # reply of the runs past saturation is the demand, the light runs' CPU beyond it their
-            # wake-ups' (`blackbox.demands_with_wakeups`)
+            # suggests) until one no longer keeps up; that rate is run again after each live sweep,
+            # and the median CPU per reply of the runs past saturation is the demand, the light runs'
+            # CPU beyond it their wake-ups' (`blackbox.demands_with_wakeups`). The first of them sets
+            # the sweep's rates; the others lie between the sweeps, so that the demand is read over
+            # the same minutes as the peak it predicts (in the 09:36 run three runs in a row past
+            # saturation served 7,965-8,141 replies/s, the sweeps after them 6,447-8,007)
             probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
             rate = blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
             for i in range(3 if st.quick else 8):
@@ -669,23 +692,20 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                 probe += blackbox.measure(pid, port, workload, [float(round(rate, -1))], st.duration_s,
                                           seed=st.seed + 501 + i, log=log)
                 rate *= 1.3
-            if not sustained(probe[-1]):
-                probe += blackbox.measure(pid, port, workload, [probe[-1]["offered_rps"]] * (1 if st.quick else 2),
-                                          st.duration_s, seed=st.seed + 520, log=log)
-            used = sorted((r for r in probe if sustained(r) or past_saturation(r, st.cpu_fraction)),
-                          key=lambda r: utilisation(r, st.cpu_fraction)) or probe
-            top = ([r for r in used if sustained(r)] or used)[-1]      # the busiest run that kept up
-            busiest = blackbox.demands_of([top])
-            d = blackbox.demands_with_wakeups(used, st.cpu_fraction)
-            predicted = d.saturation(st.cpu_fraction)["cpu"]
-            log(f"  nginx black box: {d.cpu_s * 1e6:.1f} us CPU per reply ({d.basis}) and {d.wakeup_s * 1e6:.1f} us "
-                f"per wake-up over {len(used)} runs (busiest kept up: {busiest.cpu_s * 1e6:.1f} us per reply, at "
-                f"{top['offered_rps']:g} req/s, {utilisation(top, st.cpu_fraction):.0%} busy), "
-                f"{d.reply_bytes:.0f} B per reply -> predicted saturation {predicted:.0f} replies/s on "
-                f"{st.cpu_fraction:g} of the core")
+            d, top, busiest, predicted = nginx_demand(probe, st)
+            first_prediction = predicted
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
+            overload = probe[-1]["offered_rps"]
+
+            def demand_run(k):
+                probe.extend(blackbox.measure(pid, port, workload, [overload], st.duration_s,
+                                              seed=st.seed + 520 + k, log=log))
+
             obj = _Handle("nginx", pid, port)
-            live, more = repeated_sweep(obj, workload, rates, st)
+            first_past = not sustained(probe[-1])
+            live, more = repeated_sweep(obj, workload, rates, st, after_each=demand_run if first_past else None)
+            if first_past:
+                d, top, busiest, predicted = nginx_demand(probe, st)
     finally:
         group.close()
     hw = {"cores": 1, "memory_mb": 24000.0, "kernel_mb": 0.0, "nics": 1, "nic_gbps": 40.0}
@@ -701,6 +721,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6, "basis": d.basis,
                          "busiest_cpu_us_per_reply": busiest.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
                          "disk_bytes_per_reply": d.disk_bytes, "predicted_saturation_rps": predicted,
+                         "first_predicted_saturation_rps": first_prediction,
                          "probe": [{"offered_rps": r["offered_rps"], "reply_rps": r["reply_rps"],
                                     "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
                                     "utilisation": utilisation(r, st.cpu_fraction),
@@ -808,7 +829,11 @@ def report_md(doc: dict) -> str:
                              if "busiest_cpu_us_per_reply" in b else "") + "), "
                           f"predicted saturation {b['predicted_saturation_rps']:.0f} replies/s, measured peak "
                           f"{c['live_peak_rps']:.0f} replies/s: error {c['blackbox_error_pct']:+.1f} % "
-                          f"(target 10 %)."]
+                          f"(target 10 %)."
+                          + (f" Before the sweeps, from the first run past saturation alone (which set the "
+                             f"sweep's rates): {b['first_predicted_saturation_rps']:.0f} replies/s, "
+                             f"{100 * (b['first_predicted_saturation_rps'] / c['live_peak_rps'] - 1):+.1f} %."
+                             if b.get("first_predicted_saturation_rps") else "")]
     spread = [c for c in doc["cases"] if c.get("peak_error_pct_per_sweep")]
     if spread:
         lines += ["", "Live sweeps repeated: each rate's median row is compared above. The peak error against each "

@@ -240,6 +240,37 @@ def test_blackbox_demand_past_saturation_sets_the_rate():
     assert "least squares" in demands_with_wakeups(light, cpu_fraction=0.15).basis
 
 
+def test_blackbox_demand_runs_lie_between_the_sweeps(monkeypatch):
+    """The run past saturation is repeated after each live sweep, and the demand is the median over
+    all of them: a fast first minute (5,600 replies/s) no longer sets the prediction for sweeps that
+    ran on a slower host (5,000)."""
+    import calibration.validate as v
+    calls = []
+    monkeypatch.setattr(v, "sweep", lambda srv, wl, rates, d, **kw: calls.append("sweep") or [
+        {"offered_rps": r, "offered_window_rps": r, "reply_rps": 1.0, "throughput_mbps": 1.0,
+         "response_ms_mean": 1.0} for r in rates])
+
+    def run(offered, replies, cpu_per_reply, wakeups):
+        return {"offered_rps": offered, "offered_window_rps": offered, "reply_rps": replies, "replies": replies,
+                "server_cpu_s": replies * cpu_per_reply + wakeups * 40e-6, "server_wakeups": wakeups,
+                "httperf_wall_s": 1.0, "errors_pct": 0.0, "reply_bytes_mean": 15000.0, "load_avg": 1.0}
+
+    probe = [run(2000, 2000, 33e-6, 800), run(7000, 5600, 0.15 / 5600, 5)]
+    st = v.Settings(out="", repeat=3, log=lambda s: None)
+    first = v.nginx_demand(probe, st)[3]
+
+    def demand_run(k):
+        calls.append(f"demand {k}")
+        probe.append(run(7000, 5000, 0.15 / 5000, 5))
+
+    v.repeated_sweep(None, None, [1000.0], st, after_each=demand_run)
+    assert calls == ["sweep", "demand 0", "sweep", "demand 1", "sweep", "demand 2"]
+    d, top, busiest, predicted = v.nginx_demand(probe, st)
+    assert first == pytest.approx(0.15 / (0.15 / 5600 + 5 * 40e-6 / 5600), rel=1e-6)
+    assert predicted == pytest.approx(0.15 / (0.15 / 5000 + 5 * 40e-6 / 5000), rel=1e-6)
+    assert top is probe[0] and "4 run(s) past saturation" in d.basis
+
+
 def fit_line_above_busiest(runs) -> bool:
     """Whether the least-squares split alone would put the demand above the busiest run's CPU per reply."""
     from scipy.optimize import nnls
