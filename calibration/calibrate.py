@@ -189,8 +189,8 @@ def tracing_ratio(pairs) -> float:
     """The median over `pairs` (rate, traced us, untraced us, ...) of untraced over traced CPU per reply.
 
     The median, not the mean: a host whose speed drifts can slow one pair down by itself, and one
-    pair that met a slow spell (2026-11-27 04:51: 48.8 us traced, 61.7 untraced,
-    where the pair beside it agreed) would otherwise set every cost by itself."""
+    pair that met a slow spell (2026-11-27 04:51: 48.8 us traced, 61.7 untraced, where the pair
+    beside it agreed) would otherwise set every cost by itself."""
     return statistics.median(b / a for _, a, b, *_ in pairs) if pairs else 1.0
 
 
@@ -214,15 +214,10 @@ def abba_pairs(rates, run_traced, run_untraced) -> list:
     return pairs
 
 
-def cpu_per_reply(runs) -> float:
-    """Server CPU seconds per reply over `runs` together (0 with no replies)."""
+def per_reply(runs, key: str = "server_cpu_s") -> float:
+    """A run figure (the server's CPU seconds by default) per reply over `runs` together (0 with no replies)."""
     replies = sum(r["replies"] for r in runs)
-    return sum(r["server_cpu_s"] for r in runs) / replies if replies else 0.0
-
-
-def wakeups_per_reply(runs) -> float:
-    replies = sum(r["replies"] for r in runs)
-    return sum(r.get("server_wakeups", 0) for r in runs) / replies if replies else 0.0
+    return sum(r.get(key, 0) for r in runs) / replies if replies else 0.0
 
 
 def untraced_ratio(arch, root, server_args, workload, rates, duration_s, seed, cgroup_procs, log,
@@ -250,9 +245,10 @@ def untraced_ratio(arch, root, server_args, workload, rates, duration_s, seed, c
                 return lambda rate: sweep(srv, workload, [rate], duration_s, seed=seed + 2000, log=log)[0]
 
             for rate, t, u in abba_pairs(rates, run(traced), run(untraced)):
-                a, b = cpu_per_reply(t), cpu_per_reply(u)
+                a, b = per_reply(t), per_reply(u)
                 if a > 0 and b > 0:
-                    pairs.append((rate, 1e6 * a, 1e6 * b, wakeups_per_reply(t), wakeups_per_reply(u)))
+                    pairs.append((rate, 1e6 * a, 1e6 * b, per_reply(t, "server_wakeups"),
+                                  per_reply(u, "server_wakeups")))
     finally:
         shutil.rmtree(tracedir, ignore_errors=True)
     if not pairs:

@@ -340,7 +340,7 @@ def test_tracing_pairs_run_abba_so_a_linear_drift_cancels():
     """Every run 5 % dearer than the one before it (a drifting host), traced and untraced equal in
     truth. Run traced then untraced, every pair would read the untraced one dearer; as traced,
     untraced, untraced, traced the two sides' CPU per reply are equal."""
-    from calibration.calibrate import abba_pairs, cpu_per_reply, tracing_ratio
+    from calibration.calibrate import abba_pairs, per_reply, tracing_ratio
     order = []
 
     def server(name):
@@ -352,10 +352,10 @@ def test_tracing_pairs_run_abba_so_a_linear_drift_cancels():
     got = abba_pairs([3000.0, 2000.0], server("T"), server("U"))
     assert order == [("T", 3000.0), ("U", 3000.0), ("U", 3000.0), ("T", 3000.0),
                      ("T", 2000.0), ("U", 2000.0), ("U", 2000.0), ("T", 2000.0)]
-    pairs = [(rate, cpu_per_reply(t), cpu_per_reply(u)) for rate, t, u in got]
+    pairs = [(rate, per_reply(t), per_reply(u)) for rate, t, u in got]
     assert [p[0] for p in pairs] == [3000.0, 2000.0]
     assert tracing_ratio(pairs) == pytest.approx(1.0)
-    assert cpu_per_reply([{"replies": 0, "server_cpu_s": 1.0}]) == 0.0
+    assert per_reply([{"replies": 0, "server_cpu_s": 1.0}]) == 0.0
 
 
 def test_host_level_is_the_median_saturated_round_over_the_first():
