@@ -77,8 +77,8 @@ from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, 
 from .drift import ROUND_MULTIPLE, HostLevel, level_round
 from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
                      run_inside, scaled_profile, sendfile_readahead_kb)
-from .measure import (LiveServer, MeasureError, load_average, past_saturation, process_tree, rss_kb, sustained, sweep,
-                      utilisation)
+from .measure import (LiveServer, MeasureError, load_average, open_connections, past_saturation, process_tree, rss_kb,
+                      sustained, sweep, utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
 from real.httperf import MAX_INSTANCES, MAX_TEMPLATES
 
@@ -362,24 +362,6 @@ def kmem_bytes(group) -> int | None:
         return int(group.read("memory.kmem.usage_in_bytes"))
     except (OSError, ValueError, KeyError):
         return None
-
-
-def open_connections(port: int) -> int:
-    """TCP connections the server on `port` holds open, in this network namespace (/proc/net/tcp
-    and tcp6): established, or closed by the client and not yet by the server (TIME_WAIT's
-    small records and the listener are left out)."""
-    n = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[3] in ("01", "08") and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        n += 1
-        except OSError:
-            pass
-    return n
 
 
 def per_connection_charge(samples: list[tuple[int, float]], spread: int = 100) -> tuple[float, float] | None:

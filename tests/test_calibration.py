@@ -896,7 +896,7 @@ def test_a_charge_per_open_connection_is_fitted_from_the_warm_up():
 
 def test_open_connections_counts_a_servers_established_sockets():
     import socket
-    from calibration.validate import open_connections
+    from calibration.measure import open_connections
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(8)
