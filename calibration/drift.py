@@ -10,11 +10,19 @@ The remedy here is the calibration's own configuration run again: live sped,
 untraced, on the same share of the core, at one fixed rate past its
 saturation, right after the calibration and then before every case and after
 the last. Each round gives the server's CPU per reply while it uses its whole
-share: the host's capacity, which is what a slower host lowers. The cases are
-simulated after all of them, with every CPU cost of the profile scaled by the
-median round over the first one. The per-operation shape stays the
-calibration's, the level is taken on the whole validation's time, and no round
-uses a case's own measurements.
+share: the host's capacity, which is what a slower host lowers. The same
+configuration is simulated at the same rate with the calibrated profile as it
+stands, and every CPU cost of the cases' profiles is scaled by the median round
+over that simulated CPU per reply. The per-operation shape stays the
+calibration's, the level is the rounds', taken over the whole validation's
+time, and no round uses a case's own measurements.
+
+Why not the median round over the first (until 2026-11-27): the first round
+ran minutes after the calibration, so a slow spell during the calibration
+alone went through unseen. In the 10:50 run the calibration's untraced pairs
+used 28-29 us a reply, the first round 20.7 us, about the rounds' median, so
+the level stayed x1.000 and every CPU case came out 22 % low. Against the
+simulated configuration the rounds read x0.749 (docs/calibration.md).
 
 Why past saturation: rounds under it (0.8 x the busiest sustained rate, until
 2026-11-27) spread by +-15 % among themselves and understated a faster host,
@@ -46,6 +54,8 @@ class HostLevel:
     rate: float                    # offered requests/s of every round
     cpu_fraction: float            # the share of the core the server runs on
     rounds: list = field(default_factory=list)
+    period_us: int | None = None   # the CFS period the rounds ran under (the simulation runs the same)
+    simulated_us: float | None = None   # the profile's CPU per reply in the same configuration, simulated
 
     def __post_init__(self):
         if not 0.0 < self.cpu_fraction <= 1.0:
@@ -66,13 +76,14 @@ class HostLevel:
 
     @property
     def factor(self) -> float:
-        """Median CPU per reply of the rounds over the first round's (1: nothing to compare)."""
-        if not self.rounds or not self.rounds[0]["saturated"] or len(self.usable) < 2:
+        """Median CPU per reply of the saturated rounds over the simulated one (1: nothing to compare)."""
+        if not self.usable or not self.simulated_us:
             return 1.0
-        return statistics.median(r["cpu_us_per_reply"] for r in self.usable) / self.rounds[0]["cpu_us_per_reply"]
+        return statistics.median(r["cpu_us_per_reply"] for r in self.usable) / self.simulated_us
 
     def summary(self) -> dict:
-        return {"rate": self.rate, "cpu_fraction": self.cpu_fraction, "factor": self.factor, "rounds": self.rounds}
+        return {"rate": self.rate, "cpu_fraction": self.cpu_fraction, "period_us": self.period_us,
+                "simulated_us_per_reply": self.simulated_us, "factor": self.factor, "rounds": self.rounds}
 
 
 def level_round(level: HostLevel, when: str, root: str, workload, server_args, cpu_fraction: float,
@@ -83,6 +94,7 @@ def level_round(level: HostLevel, when: str, root: str, workload, server_args, c
     try:
         group = cpu_share(cpu_fraction)
         try:
+            level.period_us = int(group.read("cpu.cfs_period_us"))
             srv = LiveServer("sped", root, list(server_args), cgroup_procs=group.procs)
             with srv:
                 time.sleep(0.5)

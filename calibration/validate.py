@@ -7,8 +7,9 @@ fixed share of core 0; or `--profile` gives one). Then every case runs live
 (untraced, server on core 0, httperf on core 1) and in the simulator with that
 profile at the same offered rates. The calibration's configuration is run
 again after the calibration, before each Python case and after the last, and
-the Python cases are simulated last, with the profile's CPU costs at the host's
-median level over these rounds (calibration/drift.py; not with `--profile`).
+the Python cases are simulated last, with the profile's CPU costs scaled by the
+median round over the same configuration simulated (calibration/drift.py; not
+with `--profile`).
 The cases:
 
   sped-cpu        the calibration's own configuration (in sample)
@@ -628,6 +629,18 @@ def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> d
     return res
 
 
+def simulated_level_us(case: Case, profile, level: HostLevel, workload, st: Settings) -> float:
+    """The profile's CPU per reply in the host-level rounds' configuration (the calibration's: `case`)
+    at their rate, simulated: what the rounds' live CPU per reply is set against."""
+    hw = live_hardware(profile.hardware)
+    prof, hw, _ = cpu_setting(profile, hw, st, level.period_us)
+    scen, _ = case_scenario(dataclasses.replace(case, name="host-level"), prof, hw, workload, [level.rate], st,
+                            {"case": "host-level", "cpu_fraction": st.cpu_fraction, "cpu_period_us": level.period_us})
+    row = simulate(scen, st)[0]
+    us = 1e6 * row["cpu_util"] / max(row["reply_rps"], 1e-9)
+    return us if st.sim_quota else us * st.cpu_fraction      # a core `fraction` as fast: its time is the share's
+
+
 def nginx_demand(probe: list[dict], st: Settings):
     """The black box's demands from the runs so far (`blackbox.demands_with_wakeups` on those that
     kept up or went past saturation), the busiest run that kept up and its own demands, and the
@@ -770,8 +783,9 @@ def host_level_md(h: dict | None) -> list[str]:
                 "could not run, so there is nothing to compare the host with."]
     lines = [f"Live sped, untraced, at {h['rate']:g} requests/s (past its saturation) on the calibration's "
              f"share of the core, after the calibration, before each Python case and after the last: its CPU "
-             f"per reply while it used its whole share. Every CPU cost of the Python cases' profiles is "
-             f"multiplied by the median round over the first: **x{h['factor']:.3f}**.", "",
+             f"per reply while it used its whole share. The same configuration simulated at the same rate with "
+             f"the calibrated profile uses {_f(h.get('simulated_us_per_reply'))} us a reply. Every CPU cost of "
+             f"the Python cases' profiles is multiplied by the median round over it: **x{h['factor']:.3f}**.", "",
              "| round | reply /s | CPU us per reply | share used | load avg |", "|---|---|---|---|---|"]
     lines += [f"| {r['when']} | {r['reply_rps']:.0f} | {r['cpu_us_per_reply']:.1f} | "
               f"{100 * r['share_used']:.0f} %{'' if r['saturated'] else ' (not saturated: not used)'} | "
@@ -1064,8 +1078,7 @@ def main(argv=None) -> int:
             if level is not None:
                 return level_round(level, when, root, workload, LIVE_COMMON, st.cpu_fraction, st.duration_s,
                                    st.seed + 700, log)
-        if host_round("after the calibration") is None:
-            level = None                     # nothing to compare the later rounds with
+        host_round("after the calibration")
         results, pending = [], []
         for n in names:
             case = known[n]
@@ -1089,9 +1102,13 @@ def main(argv=None) -> int:
                 results[-1] = _summarized(case, res, out, log)
         if pending:
             host_round("after the last case")
+        if level is not None and level.usable and pending:
+            level.simulated_us = simulated_level_us(known["sped-cpu"], base, level, workload, st)
         factor = level.factor if level is not None else 1.0
         if level is not None:
-            log(f"# host level: median of {len(level.usable)} rounds over the first: x{factor:.3f} on every CPU cost")
+            log(f"# host level: median of {len(level.usable)} rounds over the simulated calibration "
+                f"configuration's {level.simulated_us or float('nan'):.1f} us per reply: x{factor:.3f} "
+                f"on every CPU cost")
         for i, case in pending:
             results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log)
         doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,

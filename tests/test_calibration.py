@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -358,10 +359,11 @@ def test_tracing_pairs_run_abba_so_a_linear_drift_cancels():
     assert per_reply([{"replies": 0, "server_cpu_s": 1.0}]) == 0.0
 
 
-def test_host_level_is_the_median_saturated_round_over_the_first():
+def test_host_level_is_the_median_saturated_round_over_the_simulated_configuration():
     """Each round's CPU per reply is its CPU over its replies; the factor is the median of the
-    rounds in which the server used its whole share (saturated), over the first; with the first
-    not saturated there is nothing to compare."""
+    rounds in which the server used its whole share (saturated), over the CPU per reply the
+    profile gives the same configuration in the simulator. The first round has no special part:
+    a slow spell during the calibration alone shows against the rounds (the 10:50 run)."""
     from calibration.drift import HostLevel
 
     def run(cpu_s, replies, wall_s=10.0):
@@ -370,21 +372,47 @@ def test_host_level_is_the_median_saturated_round_over_the_first():
                 "errors_pct": 5.0}
     level = HostLevel(rate=1400.0, cpu_fraction=0.25)
     assert level.factor == 1.0                                   # no rounds
-    assert level.add("first", run(2.5, 50_000))["cpu_us_per_reply"] == pytest.approx(50.0)
-    assert level.factor == 1.0                                   # one round: nothing to compare
-    level.add("second", run(2.4, 48_000))                        # 50 us, 96 % of the share
-    level.add("third", run(2.4, 40_000))                         # 60 us
+    assert level.add("first", run(2.4, 40_000))["cpu_us_per_reply"] == pytest.approx(60.0)
+    assert level.factor == 1.0                                   # nothing simulated to compare with
+    level.simulated_us = 40.0
+    assert level.factor == pytest.approx(60.0 / 40.0)            # one round is enough
+    level.add("second", run(2.5, 50_000))                        # 50 us, the whole share
+    level.add("third", run(2.4, 48_000))                         # 50 us, 96 % of the share
     level.add("idle spells", run(1.5, 20_000))                   # 60 % of the share: not used
     assert [r["saturated"] for r in level.rounds] == [True, True, True, False]
-    assert level.factor == pytest.approx(50.0 / 50.0)            # median of 50, 50, 60
+    assert level.factor == pytest.approx(50.0 / 40.0)            # median of 60, 50, 50
     level.add("fourth", run(2.45, 35_000))                       # 70 us
-    assert level.factor == pytest.approx(55.0 / 50.0)
-    idle_first = HostLevel(rate=1400.0, cpu_fraction=0.25)
-    idle_first.add("first", run(1.0, 20_000))
-    idle_first.add("second", run(2.5, 50_000))
-    assert idle_first.factor == 1.0
+    assert level.factor == pytest.approx(55.0 / 40.0)
+    assert level.summary()["simulated_us_per_reply"] == 40.0
+    idle = HostLevel(rate=1400.0, cpu_fraction=0.25, simulated_us=40.0)
+    idle.add("first", run(1.0, 20_000))
+    assert idle.factor == 1.0                                    # no saturated round
     with pytest.raises(ValueError):                              # it would divide by a share of nothing
         HostLevel(rate=1400.0, cpu_fraction=0.0)
+
+
+def test_the_simulated_level_is_the_profiles_cpu_per_reply_on_a_quota_or_a_slower_core(tmp_path):
+    """The calibration's configuration simulated past saturation uses the profile's CPU per reply,
+    whether the share is a CFS quota or a core that many times slower (whose busy time is the
+    share's): the two agree, and a profile twice as dear reads twice as much."""
+    from calibration.calibrate import workload_for
+    from calibration.cgroup import scaled_profile
+    from calibration.drift import HostLevel
+    from calibration.validate import Settings, all_cases, simulated_level_us
+    prof = load_profile("study-xeon")
+    sped = all_cases()[0]
+    level = HostLevel(rate=8000.0, cpu_fraction=0.25, period_us=100_000)
+    got = {}
+    for quota in (True, False):
+        st = Settings(out=str(tmp_path / str(quota)), quick=True, cpu_fraction=0.25, sim_warmup_s=0.5,
+                      sim_duration_s=1.0, sim_quota=quota, log=lambda _s: None)
+        got[quota] = simulated_level_us(sped, prof, level, workload_for(4), st)
+    assert got[True] == pytest.approx(got[False], rel=0.1)
+    st = Settings(out=str(tmp_path / "dear"), quick=True, cpu_fraction=0.25, sim_warmup_s=0.5, sim_duration_s=1.0,
+                  log=lambda _s: None)
+    dear = simulated_level_us(sped, scaled_profile(prof, 0.5), level, workload_for(4), st)
+    assert dear == pytest.approx(2 * got[True], rel=0.1)
+    assert (tmp_path / "dear" / "host-level" / "scenario.toml").is_file()
 
 
 def test_a_host_level_round_that_cannot_run_is_left_out(monkeypatch):
@@ -395,6 +423,9 @@ def test_a_host_level_round_that_cannot_run_is_left_out(monkeypatch):
 
     class Group:
         procs = "/fake/cgroup.procs"
+
+        def read(self, key):
+            return "6667"
 
         def close(self):
             closed.append(True)
@@ -557,11 +588,14 @@ def test_quick_validation_end_to_end(tmp_path):
     assert {"kernel", "cpu_model", "python", "date", "fit_rms_us"} <= set(prof.provenance)
     assert "| symped-2p |" in (out / "report.md").read_text()
     assert not list(out.glob("*.tmp"))
-    # the calibration's configuration ran again between the cases, and the Python case was simulated
-    # with every CPU cost at the median round's level
+    # the calibration's configuration ran again between the cases, was simulated at the rounds' rate,
+    # and the Python case was simulated with every CPU cost at the median round over the simulated one
     level = doc["host_level"]
     assert [r["when"] for r in level["rounds"]] == ["after the calibration", "before symped-2p",
                                                     "after the last case"]
+    used = [r["cpu_us_per_reply"] for r in level["rounds"] if r["saturated"]]
+    assert level["factor"] == pytest.approx(statistics.median(used) / level["simulated_us_per_reply"], rel=1e-6)
+    assert list(load_scenario(str(out / "host-level" / "scenario.toml")).run.rates) == [level["rate"]]
     case_profile = load_profile(str(out / "symped-2p" / "profile.toml"))
     assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
     assert "## Host level" in (out / "report.md").read_text()
