@@ -148,7 +148,8 @@ def measure(pid: int, port: int, workload, rates, duration_s: float, *, host: st
         r["disk_read_bytes"] = io_read_bytes(pid) - d0
         r["reply_bytes_mean"] = (r["throughput_mbps"] * 1e6 / 8 / r["reply_rps"]) if r["reply_rps"] > 0 else 0.0
         runs.append(r)
-        log(f"  blackbox offered {rate:>7.0f}/s  reply {r['reply_rps']:>7.1f}/s  cpu {r['server_cpu_s']:.3f} s for "
+        log(f"  blackbox offered {rate:>7.0f}/s  reply {r['reply_rps']:>7.1f}/s  err {r['errors_pct']:5.2f}%  "
+            f"cpu {r['server_cpu_s']:.3f} s for "
             f"{r['replies']} replies = {1e6 * r['server_cpu_s'] / max(1, r['replies']):.1f} us/reply  "
             f"load {r['load_avg']:.1f}")
         settle(port, pid)

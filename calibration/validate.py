@@ -721,6 +721,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
                                     "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
                                     "utilisation": utilisation(r, st.cpu_fraction),
                                     "past_saturation": past_saturation(r, st.cpu_fraction),
+                                    "errors_pct": r.get("errors_pct"),
                                     "wakeups_per_reply": r.get("server_wakeups", 0) / max(1, r["replies"]),
                                     "load_avg": r["load_avg"]} for r in probe]},
             "setting": {"cpu_fraction": st.cpu_fraction, **more}}
