@@ -75,7 +75,7 @@ from sim.scenario import ScenarioError, load_scenario
 from . import blackbox, micro
 from .calibrate import (CPU_FRACTION, CalibrationError, calibrate, format_fits, machine, prepare_root,
                         workload_for)
-from .drift import ROUND_MULTIPLE, HostLevel, level_round
+from .drift import MEASURED_APART, ROUND_MULTIPLE, HostLevel, level_round, levelled
 from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_charge, memory_limit, read_ahead_kb,
                      run_inside, scaled_profile, sendfile_readahead_kb)
 from .measure import (LiveServer, MeasureError, load_average, open_connections, past_saturation, process_tree, rss_kb,
@@ -619,9 +619,10 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
 
 
 def simulate_python_case(case: Case, res: dict, st: Settings, level: float) -> dict:
-    """The simulator's side of a Python case: its profile with every CPU cost times the host's `level`."""
+    """The simulator's side of a Python case: its profile with its CPU costs at the host's `level`
+    (`drift.levelled`)."""
     p = res.pop("pending")
-    profile = p["profile"] if level == 1.0 else scaled_profile(p["profile"], 1.0 / level)
+    profile = levelled(p["profile"], level)
     scen, spath = case_scenario(case, profile, p["hw"], p["workload"], res["rates"], st,
                                 {"case": case.name, **res["setting"], "host_level": round(level, 4)})
     res["sim"] = simulate(scen, st)
@@ -786,7 +787,8 @@ def host_level_md(h: dict | None) -> list[str]:
              f"share of the core, after the calibration, before each Python case and after the last: its CPU "
              f"per reply while it used its whole share. The same configuration simulated at the same rate with "
              f"the calibrated profile uses {_f(h.get('simulated_us_per_reply'))} us a reply. Every CPU cost of "
-             f"the Python cases' profiles is multiplied by the median round over it: **x{h['factor']:.3f}**.", "",
+             f"the Python cases' profiles but those measured apart ({', '.join(MEASURED_APART)}) is multiplied by "
+             f"the median round over it: **x{h['factor']:.3f}**.", "",
              "| round | reply /s | CPU us per reply | share used | load avg |", "|---|---|---|---|---|"]
     lines += [f"| {r['when']} | {r['reply_rps']:.0f} | {r['cpu_us_per_reply']:.1f} | "
               f"{100 * r['share_used']:.0f} %{'' if r['saturated'] else ' (not saturated: not used)'} | "
@@ -1109,7 +1111,7 @@ def main(argv=None) -> int:
         if level is not None:
             log(f"# host level: median of {len(level.usable)} rounds over the simulated calibration "
                 f"configuration's {level.simulated_us or float('nan'):.1f} us per reply: x{factor:.3f} "
-                f"on every CPU cost")
+                f"on every CPU cost but {', '.join(MEASURED_APART)}")
         for i, case in pending:
             results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log)
         doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,

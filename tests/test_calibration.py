@@ -391,6 +391,21 @@ def test_host_level_is_the_median_saturated_round_over_the_simulated_configurati
         HostLevel(rate=1400.0, cpu_fraction=0.0)
 
 
+def test_the_level_leaves_the_costs_measured_apart_as_measured():
+    """The rounds run sped past saturation, which hardly wakes or switches: the level scales the
+    regression's costs, not the wake-up, context switch and hand-off measured by their own benchmarks."""
+    import dataclasses
+    from calibration.drift import MEASURED_APART, levelled
+    prof = load_profile("study-xeon")
+    prof = dataclasses.replace(prof, costs={**prof.costs, "wakeup": Cost(10e-6, 0.0)})   # as a calibration has it
+    up = levelled(prof, 1.5)
+    assert set(MEASURED_APART) <= set(prof.costs)
+    for op, c in prof.costs.items():
+        k = 1.0 if op in MEASURED_APART else 1.5
+        assert up.cost(op).fixed == pytest.approx(c.fixed * k) and up.cost(op).per_unit == pytest.approx(c.per_unit * k)
+    assert levelled(prof, 1.0) is prof
+
+
 def test_the_simulated_level_is_the_profiles_cpu_per_reply_on_a_quota_or_a_slower_core(tmp_path):
     """The calibration's configuration simulated past saturation uses the profile's CPU per reply,
     whether the share is a CFS quota or a core that many times slower (whose busy time is the
@@ -598,6 +613,7 @@ def test_quick_validation_end_to_end(tmp_path):
     assert list(load_scenario(str(out / "host-level" / "scenario.toml")).run.rates) == [level["rate"]]
     case_profile = load_profile(str(out / "symped-2p" / "profile.toml"))
     assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
+    assert case_profile.cost("wakeup").fixed == pytest.approx(prof.cost("wakeup").fixed, rel=1e-3)
     assert "## Host level" in (out / "report.md").read_text()
 
 
