@@ -65,6 +65,10 @@ class Workload:
         "help": "connections one load-generator process can hold (0: no limit); a session that finds its "
                 "process full fails at once. httperf: 1,022, its own count of open connections at overload here "
                 "(select's FD_SETSIZE is 1,024)"})
+    generator_tick_s: float = field(default=0.001, metadata={
+        "min": 0.0, "max": 1.0,
+        "help": "timer granularity of the load generator: sessions start and think times end on its ticks "
+                "(httperf's TIMER_INTERVAL, 1 ms); 0: at the exact drawn instants"})
     generator_sessions_per_process: int = field(default=800, metadata={
         "min": 1, "max": 1_000_000,
         "help": "mean open sessions the load is planned for per load-generator process (think times only); "

@@ -1,6 +1,7 @@
 """The simulator against textbook queues, where it reduces to one.
 
-A Poisson stream of single-request connections, every operation free except
+A Poisson stream of single-request connections (the load generator's tick off, so
+each arrives at its drawn instant), every operation free except
 sendfile's per-byte cost, replies carried by an effectively infinite NIC: SPED is
 then a FIFO single server (M/D/1 for one file, M/M/1 for exponential sizes) and
 SYMPED with c processes, c cores and one connection per process is M/M/c. With
@@ -54,6 +55,7 @@ session_requests_max = 1
 burst_requests_min = 1
 burst_requests_max = 1
 timeout_s = 1000
+generator_tick_s = 0
 [run]
 rates = [{rate}]
 warmup_s = 2
