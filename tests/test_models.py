@@ -493,7 +493,7 @@ def test_load_generator_descriptor_limit_caps_open_sessions_and_fails_the_rest_a
     assert k > 1 and dataclasses.replace(w, generator_sessions_per_process=300).max_open_sessions(1500) == 300 * k
 
 
-def _ticked(tmp_path, servers, rate, tick, extra=""):
+def _ticked(tmp_path, servers, rate, tick):
     """A small scenario whose clients think briefly (as the validation's do), with the load
     generator's tick set to `tick`."""
     sc = scenario(tmp_path, servers, rate=rate, directories=5, duration=2.0)
