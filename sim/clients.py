@@ -108,6 +108,7 @@ class Clients:
         # (evenly offset); a session belongs to the process its id falls to
         self.tick = workload.generator_tick_s
         self.procs = workload.generator_processes(offered_rps)
+        self._phase = [self.tick * i / self.procs for i in range(self.procs)]   # each process's grid offset
         env.process(self._arrivals())
         env.process(self._reaper())
 
@@ -230,17 +231,17 @@ class Clients:
         tick = self.tick
         if not tick:
             return at
-        phase = tick * (cid % self.procs) / self.procs
+        phase = self._phase[cid % self.procs]
         return phase + math.ceil((at - phase) / tick - 1e-9) * tick
 
     def _think_ends(self, conn, think: float) -> float:
         """When a think time started now fires on the generator's timer: it counts whole ticks (at least
         one, rounded to the nearest) from its process's next tick, as httperf's timer wheel does."""
         tick = self.tick
-        now = self.env.now
         if not tick:
             return think
-        phase = tick * (conn.id % self.procs) / self.procs
+        now = self.env.now
+        phase = self._phase[conn.id % self.procs]
         nxt = phase + (math.floor((now - phase) / tick + 1e-9) + 1) * tick
         return nxt + max(1, round(think / tick)) * tick - now
 
