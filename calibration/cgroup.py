@@ -20,6 +20,7 @@ Every group is removed in `close()` (the server must have exited first).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -47,6 +48,9 @@ def own_cgroup(controller: str) -> str:
     raise CgroupError(f"no cgroup v1 {controller} controller for this process")
 
 
+_serial = itertools.count()
+
+
 class Group:
     """A child cgroup of this process's own, created now and removed by close()."""
 
@@ -54,7 +58,8 @@ class Group:
         parent = own_cgroup(controller)
         if not os.path.isdir(parent):
             raise CgroupError(f"{parent} is not mounted here")
-        self.path = os.path.join(parent, f"{name}-{os.getpid()}")
+        # several groups of one kind may be up at once (a host-level round between a case's sweeps)
+        self.path = os.path.join(parent, f"{name}-{os.getpid()}-{next(_serial)}")
         try:
             os.mkdir(self.path)
         except OSError as e:

@@ -1,20 +1,23 @@
 """The host's speed, measured again between the cases of a validation.
 
-This machine is a shared virtual one, and its speed drifts by 10 % or more over
-minutes: three sweeps of the same live sped five minutes apart peaked at 4,978,
-5,007 and 5,693 replies/s, and a calibration that happened to run in a slow
-spell set every cost of the profile too high (docs/calibration.md). So one
-calibration sets the level of the costs by the minutes it ran in.
+This machine is a shared virtual one, and what a live server gets done with its
+share moves by 10 % or more from one run to the next: three sweeps of the same
+live sped five minutes apart peaked at 4,978, 5,007 and 5,693 replies/s, and a
+calibration that happened to run in a bad spell set every cost of the profile
+too high (docs/calibration.md). So one calibration sets the level of the costs
+by the minutes it ran in. The spells last seconds, not minutes: a round does not
+predict the sweep beside it (correlation 0.04 over 78 sweeps), so the rounds are
+samples of one level, and their median is what is used.
 
 The remedy here is the calibration's own configuration run again: live sped,
 untraced, on the same share of the core, at one fixed rate past its
-saturation, right after the calibration and then before every case and after
-the last. Each round gives the server's CPU per reply while it uses its whole
-share: the host's capacity, which is what a slower host lowers. The same
-configuration is simulated at the same rate with the calibrated profile as it
-stands, and every CPU cost of the cases' profiles is scaled by the median round
-over that simulated CPU per reply, but the costs measured apart, which the
-rounds hardly charge (MEASURED_APART). The per-operation shape stays the
+saturation, right after the calibration and then before every case, between
+a CPU case's repeated sweeps, and after the last. Each round gives the server's
+CPU per reply while it uses its whole share: the host's capacity, which is what
+a slower host lowers. The same configuration is simulated at the same rate with
+the calibrated profile as it stands, and every CPU cost of the cases' profiles
+is scaled by the median round over that simulated CPU per reply, but the costs
+measured apart, which the rounds hardly charge (MEASURED_APART). The per-operation shape stays the
 calibration's, the level is the rounds', taken over the whole validation's
 time, and no round uses a case's own measurements.
 

@@ -6,10 +6,10 @@ First a profile is calibrated on one configuration (live `sped`, traced, on a
 fixed share of core 0; or `--profile` gives one). Then every case runs live
 (untraced, server on core 0, httperf on core 1) and in the simulator with that
 profile at the same offered rates. The calibration's configuration is run
-again after the calibration, before each Python case and after the last, and
-the Python cases are simulated last, with the profile's CPU costs scaled by the
-median round over the same configuration simulated (calibration/drift.py; not
-with `--profile`).
+again after the calibration, before each Python case, between a CPU case's
+repeated sweeps and after the last, and the Python cases are simulated last,
+with the profile's CPU costs scaled by the median round over the same
+configuration simulated (calibration/drift.py; not with `--profile`).
 The cases:
 
   sped-cpu        the calibration's own configuration (in sample)
@@ -265,6 +265,20 @@ def repeated_sweep(srv, workload, rates, st: Settings, after_each=None, **kw) ->
     return median_rows(sweeps), extra
 
 
+def rounds_between(case: Case, st: Settings, between):
+    """`repeated_sweep`'s `after_each` for a CPU case: `between(when)` (a host-level round) after each
+    sweep but the last. More rounds, a steadier level: rounds run minutes apart do not predict the
+    sweeps beside them (docs/calibration.md, 2026-11-27 17:40), so the median over all of them is what
+    sets the level, and its spread falls as their number grows."""
+    if case.setting != "cpu" or between is None:
+        return None
+
+    def after(k):
+        if k < st.repeat - 1:
+            between(f"after {case.name}'s sweep {k + 1}")
+    return after
+
+
 def compare(live: list[dict], sim: list[dict]) -> dict:
     """Peak-throughput error and MAPE of the reply-rate curve (simulated against measured)."""
     pairs = [(l, s) for l, s in zip(live, sim) if l["reply_rps"] > 0]
@@ -495,8 +509,10 @@ def counted_sweep(srv, workload, rates, st: Settings, blk) -> list[dict]:
     return live
 
 
-def run_python_case(case: Case, base_profile, root: str, workload, st: Settings) -> dict:
-    """One case of a live Python server: its set-up, the simulator's rates and the live sweep."""
+def run_python_case(case: Case, base_profile, root: str, workload, st: Settings, between=None) -> dict:
+    """One case of a live Python server: its set-up, the simulator's rates and the live sweep.
+
+    `between(when)`, if given, runs between the repeated sweeps of a CPU case (a host-level round)."""
     log = st.log
     hw = live_hardware(base_profile.hardware)
     profile, group, link, blk, extra = base_profile, None, None, None, {}
@@ -602,7 +618,8 @@ def run_python_case(case: Case, base_profile, root: str, workload, st: Settings)
                 log(f"  measured sweep: {reads} disk reads for {replies} replies; cgroup rss grew by "
                     f"{extra['rss_growth_kb']} KB at most under load")
             else:
-                live, more = repeated_sweep(srv, workload, rates, st, httperf=link.httperf if link else "httperf")
+                live, more = repeated_sweep(srv, workload, rates, st, after_each=rounds_between(case, st, between),
+                                            httperf=link.httperf if link else "httperf")
                 extra.update(more)
             if link is not None:
                 extra["qdisc"] = link.qdisc_stats()
@@ -674,8 +691,8 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             pid, port = ng.proc.pid, ng.port
             # the demand by the utilisation law. The CPU per reply falls as the load rises (fewer
             # wake-ups from idle, more events per poll), so the runs rise (x1.3 from what a light run
-            # suggests) until one no longer keeps up; that rate is run again after each live sweep,
-            # and the median CPU per reply of the runs past saturation is the demand, the light runs'
+            # suggests) until one no longer keeps up; a run at the sweep's top rate follows each live
+            # sweep, and the median CPU per reply of the runs past saturation is the demand, the light runs'
             # CPU beyond it their wake-ups' (`blackbox.demands_with_wakeups`). The first of them sets
             # the sweep's rates; the others lie between the sweeps, so that the demand is read over
             # the same minutes as the peak it predicts (in the 09:36 run three runs in a row past
@@ -691,7 +708,12 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             d, top, busiest, predicted = nginx_demand(probe, st)
             first_prediction = predicted
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
-            overload = probe[-1]["offered_rps"]
+            # the runs between the sweeps go as deep as the sweep's top rate (1.4 x the first prediction),
+            # so that each of them saturates the server, whatever spell it runs in. At the first rate past
+            # saturation (often barely past) only the runs in a slow spell saturated, and only those were
+            # counted: in the 16:00 run of 2026-11-27 three slow runs set the demand (23.9-29.1 us a
+            # reply) and a fourth, at 21.3 us, kept up at 97 % busy and was left out (-18.4 %)
+            overload = max(probe[-1]["offered_rps"], max(rates))
 
             def demand_run(k):
                 probe.extend(blackbox.measure(pid, port, workload, [overload], st.duration_s,
@@ -699,6 +721,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
 
             obj = _Handle("nginx", pid, port)
             first_past = not sustained(probe[-1])
+            between_rps = overload if first_past else None
             live, more = repeated_sweep(obj, workload, rates, st, after_each=demand_run if first_past else None)
             if first_past:
                 d, top, busiest, predicted = nginx_demand(probe, st)
@@ -717,7 +740,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             "blackbox": {"cpu_us_per_reply": d.cpu_s * 1e6, "wakeup_us": d.wakeup_s * 1e6, "basis": d.basis,
                          "busiest_cpu_us_per_reply": busiest.cpu_s * 1e6, "reply_bytes": d.reply_bytes,
                          "disk_bytes_per_reply": d.disk_bytes, "predicted_saturation_rps": predicted,
-                         "first_predicted_saturation_rps": first_prediction,
+                         "first_predicted_saturation_rps": first_prediction, "between_sweeps_rps": between_rps,
                          "probe": [{"offered_rps": r["offered_rps"], "reply_rps": r["reply_rps"],
                                     "cpu_us_per_reply": 1e6 * r["server_cpu_s"] / max(1, r["replies"]),
                                     "utilisation": utilisation(r, st.cpu_fraction),
@@ -784,7 +807,8 @@ def host_level_md(h: dict | None) -> list[str]:
         return ["Not measured: the profile was given with `--profile`, or the round after the calibration "
                 "could not run, so there is nothing to compare the host with."]
     lines = [f"Live sped, untraced, at {h['rate']:g} requests/s (past its saturation) on the calibration's "
-             f"share of the core, after the calibration, before each Python case and after the last: its CPU "
+             f"share of the core, after the calibration, before each Python case, between a CPU case's sweeps "
+             f"and after the last: its CPU "
              f"per reply while it used its whole share. The same configuration simulated at the same rate with "
              f"the calibrated profile uses {_f(h.get('simulated_us_per_reply'))} us a reply. Every CPU cost of "
              f"the Python cases' profiles but those measured apart ({', '.join(MEASURED_APART)}) is multiplied by "
@@ -1091,7 +1115,7 @@ def main(argv=None) -> int:
                     res = run_nginx_case(case, root, workload, st)
                 else:
                     host_round(f"before {n}")              # (a round that fails is only left out)
-                    res = run_python_case(case, base, root, workload, st)
+                    res = run_python_case(case, base, root, workload, st, between=host_round)
             except (MeasureError, NetnsError, CgroupError, blackbox.BlackboxError) as e:
                 log(f"  {n}: could not run: {e}")
                 results.append({"case": n, "held_out": case.held_out, "peak_error_pct": None, "mape_pct": None,

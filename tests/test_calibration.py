@@ -272,6 +272,23 @@ def test_blackbox_demand_runs_lie_between_the_sweeps(monkeypatch):
     assert top is probe[0] and "4 run(s) past saturation" in d.basis
 
 
+def test_host_level_rounds_run_between_a_cpu_cases_sweeps(monkeypatch):
+    """A CPU case's repeated sweeps have a host-level round between each two (not after the last: the
+    next case's round follows); the NIC and disk cases, whose peaks the level does not set, have none."""
+    import calibration.validate as v
+    calls = []
+    monkeypatch.setattr(v, "sweep", lambda srv, wl, rates, d, **kw: calls.append("sweep") or [
+        {"offered_rps": r, "offered_window_rps": r, "reply_rps": 1.0, "throughput_mbps": 1.0,
+         "response_ms_mean": 1.0} for r in rates])
+    st = v.Settings(out="", repeat=3, log=lambda s: None)
+    case = {c.name: c for c in v.all_cases()}
+    v.repeated_sweep(None, None, [1000.0], st, after_each=v.rounds_between(case["symped-2p"], st, calls.append))
+    assert calls == ["sweep", "after symped-2p's sweep 1", "sweep", "after symped-2p's sweep 2", "sweep"]
+    assert v.rounds_between(case["nic-tbf"], st, calls.append) is None
+    assert v.rounds_between(case["disk-cgroup"], st, calls.append) is None
+    assert v.rounds_between(case["symped-2p"], st, None) is None
+
+
 def fit_line_above_busiest(runs) -> bool:
     """Whether the least-squares split alone would put the demand above the busiest run's CPU per reply."""
     from scipy.optimize import nnls
@@ -598,6 +615,10 @@ def test_quick_validation_end_to_end(tmp_path):
         # the case's scenario runs again as an ordinary scenario with the written profile
         assert (out / c["scenario"]).is_file()
     assert "blackbox_error_pct" in doc["cases"][1]
+    # a demand run after a sweep goes as deep as the sweep's top rate, so that it saturates the server
+    between = doc["cases"][1]["blackbox"]["between_sweeps_rps"]
+    if between is not None:
+        assert between >= max(x["live"]["offered_rps"] for x in doc["cases"][1]["rates"])
     prof = load_profile(str(out / "calibrated-here.toml"))
     assert prof.hardware.cores == 1 and prof.cost("parse").fixed >= 0
     assert {"kernel", "cpu_model", "python", "date", "fit_rms_us"} <= set(prof.provenance)
