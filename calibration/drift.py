@@ -17,9 +17,9 @@ CPU per reply while it uses its whole share: the host's capacity, which is what
 a slower host lowers. The same configuration is simulated at the same rate with
 the calibrated profile as it stands, and every CPU cost of the cases' profiles
 is scaled by the median round over that simulated CPU per reply, but the costs
-measured apart, which the rounds hardly charge (MEASURED_APART). The per-operation shape stays the
-calibration's, the level is the rounds', taken over the whole validation's
-time, and no round uses a case's own measurements.
+measured apart, which the rounds hardly charge (MEASURED_APART). The
+per-operation shape stays the calibration's, the level is the rounds', taken
+over the whole validation's time, and no round uses a case's own measurements.
 
 Why not the median round over the first (until 2026-11-27): the first round
 ran minutes after the calibration, so a slow spell during the calibration

@@ -692,8 +692,8 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             # the demand by the utilisation law. The CPU per reply falls as the load rises (fewer
             # wake-ups from idle, more events per poll), so the runs rise (x1.3 from what a light run
             # suggests) until one no longer keeps up; a run at the sweep's top rate follows each live
-            # sweep, and the median CPU per reply of the runs past saturation is the demand, the light runs'
-            # CPU beyond it their wake-ups' (`blackbox.demands_with_wakeups`). The first of them sets
+            # sweep, and the median CPU per reply of the runs past saturation is the demand, the light
+            # runs' CPU beyond it their wake-ups' (`blackbox.demands_with_wakeups`). The first of them sets
             # the sweep's rates; the others lie between the sweeps, so that the demand is read over
             # the same minutes as the peak it predicts (in the 09:36 run three runs in a row past
             # saturation served 7,965-8,141 replies/s, the sweeps after them 6,447-8,007)
