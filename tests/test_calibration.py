@@ -298,6 +298,37 @@ def fit_line_above_busiest(runs) -> bool:
     return per_reply > max(runs, key=lambda r: r["replies"])["server_cpu_s"] / max(r["replies"] for r in runs)
 
 
+def test_past_the_knee_sums_the_rows_both_sides_saturate_and_is_not_the_verdict():
+    """A noisy high live row sets the peak (-8.6 %); over the rows where both sides had stopped
+    keeping up the two sides agree within a point, and the verdict still goes by the peak."""
+    import calibration.validate as v
+
+    def row(offered, reply):
+        return {"offered_rps": offered, "reply_rps": reply, "throughput_mbps": reply / 8, "response_ms_mean": 1.0}
+
+    offered = [4000, 6000, 8000, 10000, 12000]
+    live = [row(o, r) for o, r in zip(offered, [3990, 5980, 6800, 6700, 8100])]
+    sim = [row(o, r) for o, r in zip(offered, [4000, 6000, 7400, 7350, 7360])]
+    c = v.compare(live, sim)
+    assert c["live_saturation_rps"] == 8000 and c["sim_saturation_rps"] == 10000
+    assert c["past_knee_rates"] == [10000, 12000]
+    assert c["past_knee_error_pct"] == pytest.approx(100 * (14710 / 14800 - 1))
+    assert c["peak_error_pct"] == pytest.approx(100 * (7400 / 8100 - 1))
+    assert v.verdict({**c, "mape_pct": 5.0}, True) == "miss"
+    # a side that kept up everywhere has no knee: nothing to sum
+    c = v.compare(live, [row(o, o) for o in offered])
+    assert c["past_knee_rates"] == [] and math.isnan(c["past_knee_error_pct"])
+    text = v.report_md({"machine": {"date": "d", "host": "h", "cpu_model": "c", "cpus": 2, "memory_mb": 1,
+                                    "kernel": "k", "python": "p"}, "command": "simrun validate",
+                        "profile_file": "p.toml", "profile_note": "n", "workload": "w",
+                        "settings": {"duration_s": 15.0},
+                        "cases": [{"case": "x", "held_out": True, "peak_error_pct": -8.6, "mape_pct": 5.0,
+                                   "verdict": "miss", "architecture": "sped", "model": "sped", "knobs": {},
+                                   "setting": {}, "scenario": "x.toml", "rates": [],
+                                   "past_knee_error_pct": -0.6, "past_knee_rates": [10000.0, 12000.0]}]})
+    assert "- x: -0.6 % at 10000, 12000 requests/s" in text
+
+
 def test_repeated_live_sweeps_compare_the_median_row_and_report_each_sweeps_error():
     """With --repeat the live side is several sweeps at the same rates: per rate the median run's
     row (its figures one run's, not mixed), and the report gives the peak error against each sweep."""
