@@ -81,6 +81,7 @@ from .cgroup import (CgroupError, cpu_share, disk_throttle, drop_caches, memory_
 from .measure import (LiveServer, MeasureError, load_average, open_connections, past_saturation, process_tree, rss_kb,
                       sustained, sweep, utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
+from .noise import peak_error_interval
 from real.httperf import MAX_INSTANCES, MAX_TEMPLATES
 
 PEAK_TARGET_PCT, MAPE_TARGET_PCT, BLACKBOX_TARGET_PCT = 5.0, 10.0, 10.0
@@ -781,11 +782,13 @@ class _Handle:
 LIVE_KEYS = ("offered_rps", "offered_window_rps", "reply_rps", "throughput_mbps", "response_ms_mean", "errors_pct",
              "server_cpu_pct", "load_avg", "reply_rps_basis", "replies", "sessions", "instances", "disk_reads",
              "disk_read_mb", "reads_per_100_replies")
-SIM_KEYS = ("reply_rps", "reply_rps_ci", "throughput_mbps", "response_ms_mean", "response_ms_p90", "errors_pct",
-            "cpu_util", "nic_util", "disk_util", "cache_hit_pct")
+SIM_KEYS = ("reply_rps", "reply_rps_ci", "replications", "throughput_mbps", "response_ms_mean", "response_ms_p90",
+            "errors_pct", "cpu_util", "nic_util", "disk_util", "cache_hit_pct")
 
 
-def summarize_case(case: Case, res: dict) -> dict:
+def summarize_case(case: Case, res: dict, rounds_us: list[float] | None = None) -> dict:
+    """The case's figures and verdict; `rounds_us`, the host level's saturated rounds (CPU us per reply),
+    go into the peak error's interval (calibration/noise.py)."""
     live = [{k: r.get(k) for k in LIVE_KEYS} for r in res["live"]]
     sim = [{k: s.get(k) for k in SIM_KEYS} | {"offered_rps": s["offered_rps"]} for s in res["sim"]]
     c = compare(live, sim)
@@ -799,6 +802,19 @@ def summarize_case(case: Case, res: dict) -> dict:
     sweeps = out["setting"].get("live_sweeps_reply_rps")
     if sweeps:                               # the peak error against each live sweep alone, for the spread
         out["peak_error_pct_per_sweep"] = [100 * (c["sim_peak_rps"] - max(x)) / max(x) for x in sweeps if max(x) > 0]
+    if sim:
+        top = max(sim, key=lambda s: s["reply_rps"])
+        demand, what = (rounds_us, "the host level's rounds") if case.setting == "cpu" else (None, "")
+        b = res.get("blackbox") or {}
+        if b.get("basis", "").startswith("median CPU per reply"):    # its demand is the median of these runs
+            demand = [r["cpu_us_per_reply"] for r in b.get("probe", []) if r.get("past_saturation")]
+            what = "the black box's runs past saturation"
+        band = peak_error_interval(sweeps, c["live_peak_rps"], c["sim_peak_rps"], top.get("reply_rps_ci"),
+                                   top.get("replications"), demand, 1.0 if demand else 0.0, what)
+        if band is not None:
+            out["peak_error_ci95_pct"] = [band.low, band.high]
+            out["peak_error_ci95_from"] = list(band.parts)
+            out["peak_verdict_firm"] = band.firm(PEAK_TARGET_PCT)
     out["rates"] = [{"live": l, "sim": s} for l, s in zip(live, sim)]
     out["scenario"] = res.get("scenario")
     out["twin_bounds"] = res.get("twin_bounds")
@@ -809,6 +825,14 @@ def _f(v, fmt="{:.1f}") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     return fmt.format(v)
+
+
+def _band(c: dict) -> str:
+    """The peak error's interval, and whether the verdict on the peak is firm against the run's noise."""
+    band = c.get("peak_error_ci95_pct")
+    if not band:
+        return "n/a"
+    return f"{band[0]:+.1f} to {band[1]:+.1f} ({'firm' if c.get('peak_verdict_firm') else 'noise'})"
 
 
 def host_level_md(h: dict | None) -> list[str]:
@@ -845,13 +869,24 @@ def report_md(doc: dict) -> str:
              "1-minute load average is given with each run.", "",
              "httperf reports no response-time percentiles, so the p90 column is the simulator's alone.", "",
              "## Summary", "",
-             "| case | held out | live peak /s | sim peak /s | peak error % | MAPE % | Mbps MAPE % | live sat. /s "
-             "| sim sat. /s | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | held out | live peak /s | sim peak /s | peak error % | its 95 % interval on the run's noise "
+             "| MAPE % | Mbps MAPE % | live sat. /s | sim sat. /s | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in doc["cases"]:
         lines.append(f"| {c['case']} | {'yes' if c['held_out'] else 'no'} | {_f(c.get('live_peak_rps'))} | "
-                     f"{_f(c.get('sim_peak_rps'))} | {_f(c['peak_error_pct'], '{:+.1f}')} | {_f(c['mape_pct'])} | "
-                     f"{_f(c.get('mbps_mape_pct'))} | {_f(c.get('live_saturation_rps'), '{:.0f}')} | "
-                     f"{_f(c.get('sim_saturation_rps'), '{:.0f}')} | {c['verdict']} |")
+                     f"{_f(c.get('sim_peak_rps'))} | {_f(c['peak_error_pct'], '{:+.1f}')} | {_band(c)} | "
+                     f"{_f(c['mape_pct'])} | {_f(c.get('mbps_mape_pct'))} | "
+                     f"{_f(c.get('live_saturation_rps'), '{:.0f}')} | {_f(c.get('sim_saturation_rps'), '{:.0f}')} "
+                     f"| {c['verdict']} |")
+    if any("peak_error_ci95_pct" in c for c in doc["cases"]):
+        lines += ["", "The interval: the peak error again with what is noisy in this run drawn anew (calibration/"
+                      "noise.py): the live sweeps, the host level's rounds (a CPU case's simulated peak moves "
+                      "inversely with the level) and the simulation's replications, as each case lists. *Firm*: "
+                      "the whole interval lies on the verdict's side of the 5 % target; *noise*: it crosses it, so "
+                      "the run's own noise could turn the verdict on the peak. It cannot see a spell that lasts "
+                      "through a whole case or the calibration, so it does not say that two runs would agree.", ""]
+        lines += [f"- {c['case']}: " + ", ".join(c["peak_error_ci95_from"]) for c in doc["cases"]
+                  if "peak_error_ci95_from" in c]
     for c in doc["cases"]:
         if "blackbox" in c:
             b = c["blackbox"]
@@ -926,7 +961,10 @@ def plot_case(c: dict, path: str) -> None:
     a.plot(off, off, ":", color="grey", label="offered")
     a.set_xlabel("offered requests/s")
     a.set_ylabel("replies/s")
-    a.set_title(f"{c['case']}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} %")
+    band = c.get("peak_error_ci95_pct")
+    a.set_title(f"{c['case']}: peak error {c['peak_error_pct']:+.1f} %"
+                + (f" ({band[0]:+.1f} to {band[1]:+.1f})" if band else "") + f", MAPE {c['mape_pct']:.1f} %",
+                fontsize=10)
     a.legend()
     b.plot(off, [r["live"]["response_ms_mean"] for r in c["rates"]], "o-", label="measured mean")
     b.plot(off, [r["sim"]["response_ms_mean"] for r in c["rates"]], "s--", label="simulated mean")
@@ -1024,10 +1062,11 @@ def _terminate(signum, frame):
     raise SystemExit(143)
 
 
-def _summarized(case: Case, res: dict, out: str, log) -> dict:
-    c = summarize_case(case, res)
+def _summarized(case: Case, res: dict, out: str, log, rounds_us=None) -> dict:
+    c = summarize_case(case, res, rounds_us)
     plot_case(c, os.path.join(out, f"{case.name}.png"))
-    log(f"  {case.name}: peak error {c['peak_error_pct']:+.1f} %, MAPE {c['mape_pct']:.1f} % -> {c['verdict']}")
+    log(f"  {case.name}: peak error {c['peak_error_pct']:+.1f} % (95 % on the run's noise: {_band(c)}), "
+        f"MAPE {c['mape_pct']:.1f} % -> {c['verdict']}")
     return c
 
 
@@ -1155,8 +1194,9 @@ def main(argv=None) -> int:
             log(f"# host level: median of {len(level.usable)} rounds over the simulated calibration "
                 f"configuration's {level.simulated_us or float('nan'):.1f} us per reply: x{factor:.3f} "
                 f"on every CPU cost but {', '.join(MEASURED_APART)}")
+        rounds_us = [r["cpu_us_per_reply"] for r in level.usable] if level is not None else None
         for i, case in pending:
-            results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log)
+            results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log, rounds_us)
         doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,
                       "profile_note": note, "load_avg_end": load_average(),
                       "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "

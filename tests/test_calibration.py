@@ -356,6 +356,64 @@ def test_repeated_live_sweeps_compare_the_median_row_and_report_each_sweeps_erro
     assert "symped-2p: +5.6 %, +26.7 %, -5.0 %" in text
 
 
+def test_the_peak_errors_interval_redraws_the_sweeps_the_demand_and_the_replications():
+    """Identical sweeps and nothing else noisy: the interval is the point error. Sweeps that spread,
+    rounds that spread (for a CPU-bound peak), a simulated peak with a wide CI: each widens it, the
+    point error stays inside, and the same inputs give the same interval."""
+    from calibration.noise import peak_error_interval
+    flat = [[100.0, 180.0, 175.0]] * 3
+    b = peak_error_interval(flat, 180.0, 189.0)
+    assert b.low == pytest.approx(5.0) and b.high == pytest.approx(5.0) and b.parts == ("the 3 live sweeps",)
+    assert peak_error_interval(None, 180.0, 189.0) is None           # nothing noisy to redraw
+    spread = [[100.0, 180.0, 175.0], [99.0, 150.0, 160.0], [98.0, 200.0, 190.0]]
+    s = peak_error_interval(spread, 180.0, 189.0)
+    assert s.low < 5.0 < s.high and s.high - s.low > 10.0
+    assert s == peak_error_interval(spread, 180.0, 189.0)             # deterministic
+    assert s.low == pytest.approx(100 * (189 / 200 - 1)) and s.high == pytest.approx(100 * (189 / 160 - 1))
+    rounds = [20.0, 22.0, 24.0, 21.0, 26.0, 19.0, 23.0]
+    lv = peak_error_interval(flat, 180.0, 189.0, demand_us=rounds, elasticity=1.0)
+    assert lv.low < 5.0 < lv.high and lv.parts[1] == "the level's rounds (7)"
+    # the demand's median 22 drawn as 20 at most and 24 at least: the peak moves inversely with it
+    assert lv.high <= 100 * (189 * 22 / 19 / 180 - 1) + 1e-9 and lv.low >= 100 * (189 * 22 / 26 / 180 - 1) - 1e-9
+    assert peak_error_interval(flat, 180.0, 189.0, demand_us=rounds, elasticity=0.0).high == pytest.approx(5.0)
+    sim = peak_error_interval(flat, 180.0, 189.0, sim_peak_halfwidth=9.0, sim_replications=3)
+    assert sim.low < 5.0 < sim.high and len(sim.parts) == 2
+    # firm: the whole interval on the verdict's side of the target
+    Interval = type(s)
+    assert Interval(-4.0, 4.5, ()).firm(5.0) and Interval(5.5, 9.0, ()).firm(5.0)
+    assert Interval(-9.0, -5.1, ()).firm(5.0)
+    assert not Interval(3.0, 6.0, ()).firm(5.0) and not Interval(-12.0, 1.0, ()).firm(5.0)
+
+
+def test_a_cpu_cases_interval_takes_the_rounds_and_the_report_says_if_the_verdict_is_firm():
+    from calibration.validate import all_cases, report_md, summarize_case
+
+    def row(o, r):
+        return {"offered_rps": o, "offered_window_rps": float(o), "reply_rps": r, "throughput_mbps": r / 10,
+                "response_ms_mean": 1.0}
+    known = {c.name: c for c in all_cases()}
+    sweeps = [[100.0, 180.0], [99.0, 178.0], [98.0, 182.0]]
+    sim = [{"offered_rps": 100, "reply_rps": 99.0, "reply_rps_ci": 1.0, "replications": 3, "throughput_mbps": 9.9,
+            "response_ms_mean": 1.0},
+           {"offered_rps": 200, "reply_rps": 171.0, "reply_rps_ci": 2.0, "replications": 3, "throughput_mbps": 17.1,
+            "response_ms_mean": 1.0}]
+    res = {"live": [row(100, 99.0), row(200, 180.0)], "sim": sim, "setting": {"live_sweeps_reply_rps": sweeps}}
+    rounds = [18.0, 22.0, 26.0, 20.0, 24.0]
+    cpu = summarize_case(known["symped-2p"], res, rounds)
+    nic = summarize_case(known["nic-tbf"], res, rounds)       # bound by its link: the level does not move it
+    assert cpu["peak_error_pct"] == pytest.approx(-5.0) == nic["peak_error_pct"]
+    assert "the host level's rounds (5)" in cpu["peak_error_ci95_from"]
+    assert not any("rounds" in p for p in nic["peak_error_ci95_from"])
+    lo, hi = cpu["peak_error_ci95_pct"]
+    assert lo < -5.0 < hi and hi - lo > nic["peak_error_ci95_pct"][1] - nic["peak_error_ci95_pct"][0]
+    assert cpu["peak_verdict_firm"] is False
+    text = report_md({"machine": {"date": "d", "host": "h", "cpu_model": "c", "cpus": 2, "memory_mb": 1,
+                                  "kernel": "k", "python": "p"}, "command": "simrun validate --repeat 3",
+                      "cases": [cpu], "profile_file": "p.toml", "profile_note": "n", "workload": "w",
+                      "settings": {"duration_s": 15.0}, "calibration": ""})
+    assert f"| {lo:+.1f} to {hi:+.1f} (noise) |" in text
+
+
 def test_comparison_figures_and_verdict():
     live = [{"offered_rps": 100, "reply_rps": 100.0, "throughput_mbps": 10.0, "response_ms_mean": 2.0},
             {"offered_rps": 200, "reply_rps": 190.0, "throughput_mbps": 19.0, "response_ms_mean": 4.0},
@@ -667,6 +725,10 @@ def test_quick_validation_end_to_end(tmp_path):
     assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
     assert case_profile.cost("wakeup").fixed == pytest.approx(prof.cost("wakeup").fixed, rel=1e-3)
     assert "## Host level" in (out / "report.md").read_text()
+    # the peak error's interval on the run's noise: for the CPU case, the rounds redrawn
+    sym = doc["cases"][0]
+    assert any("rounds" in p for p in sym["peak_error_ci95_from"])
+    assert sym["peak_error_ci95_pct"][0] <= sym["peak_error_pct"] <= sym["peak_error_ci95_pct"][1]
 
 
 def test_bad_input_is_one_line(tmp_path):
