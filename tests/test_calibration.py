@@ -721,6 +721,9 @@ def test_quick_validation_end_to_end(tmp_path):
     used = [r["cpu_us_per_reply"] for r in level["rounds"] if r["saturated"]]
     assert level["factor"] == pytest.approx(statistics.median(used) / level["simulated_us_per_reply"], rel=1e-6)
     assert list(load_scenario(str(out / "host-level" / "scenario.toml")).run.rates) == [level["rate"]]
+    # both sides replay the same sessions: the scenario names them, and httperf was given them
+    assert load_scenario(str(out / "symped-2p" / "scenario.toml")).workload.session_templates == 1000
+    assert doc["settings"]["cpu_sessions"] == 1000 and "1000 sessions replayed" in doc["workload"]
     case_profile = load_profile(str(out / "symped-2p" / "profile.toml"))
     assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
     assert case_profile.cost("wakeup").fixed == pytest.approx(prof.cost("wakeup").fixed, rel=1e-3)
