@@ -40,16 +40,21 @@ class Interval:
     low: float          # the peak error's 2.5th percentile, %
     high: float         # its 97.5th, %
     parts: tuple        # what was resampled, in words
+    live: bool = True   # the live curve was among them (more than one sweep)
 
-    def firm(self, target_pct: float) -> bool:
-        """The whole interval falls on one side of the target: the verdict would not change on the run's noise."""
-        return self.high <= target_pct and self.low >= -target_pct or self.low > target_pct or self.high < -target_pct
+    def firm(self, target_pct: float) -> bool | None:
+        """The whole interval falls on one side of the target, so the verdict would not change on the
+        run's noise; None when the live curve was one sweep, whose own noise the interval lacks."""
+        if not self.live:
+            return None
+        inside = self.high <= target_pct and self.low >= -target_pct
+        return inside or self.low > target_pct or self.high < -target_pct
 
 
 def peak_error_interval(sweeps: list[list[float]] | None, live_peak: float, sim_peak: float,
                         sim_peak_halfwidth: float | None = None, sim_replications: int | None = None,
                         demand_us: list[float] | None = None, elasticity: float = 0.0,
-                        demand_what: str = "the level's rounds", draws: int = DRAWS,
+                        demand_what: str = "the host level's rounds", draws: int = DRAWS,
                         seed: int = SEED) -> Interval | None:
     """The 95 % interval of the peak error (%) on the run's noise, or None when nothing is resampled.
 
@@ -83,4 +88,4 @@ def peak_error_interval(sweeps: list[list[float]] | None, live_peak: float, sim_
         return None
     err = 100.0 * (sim - live) / live
     low, high = np.percentile(err, [2.5, 97.5])
-    return Interval(float(low), float(high), tuple(parts))
+    return Interval(float(low), float(high), tuple(parts), bool(sweeps) and len(sweeps) > 1)

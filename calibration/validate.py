@@ -837,7 +837,8 @@ def _band(c: dict) -> str:
     band = c.get("peak_error_ci95_pct")
     if not band:
         return "n/a"
-    return f"{band[0]:+.1f} to {band[1]:+.1f} ({'firm' if c.get('peak_verdict_firm') else 'noise'})"
+    firm = c.get("peak_verdict_firm")
+    return f"{band[0]:+.1f} to {band[1]:+.1f} ({'one sweep' if firm is None else 'firm' if firm else 'noise'})"
 
 
 def host_level_md(h: dict | None) -> list[str]:
@@ -888,8 +889,10 @@ def report_md(doc: dict) -> str:
                       "noise.py): the live sweeps, the host level's rounds (a CPU case's simulated peak moves "
                       "inversely with the level) and the simulation's replications, as each case lists. *Firm*: "
                       "the whole interval lies on the verdict's side of the 5 % target; *noise*: it crosses it, so "
-                      "the run's own noise could turn the verdict on the peak. It cannot see a spell that lasts "
-                      "through a whole case or the calibration, so it does not say that two runs would agree.", ""]
+                      "the run's own noise could turn the verdict on the peak; *one sweep*: the live curve was "
+                      "measured once, so its own noise is not in the interval and nothing is claimed. It cannot see "
+                      "a spell that lasts through a whole case or the calibration, so it does not say that two runs "
+                      "would agree.", ""]
         lines += [f"- {c['case']}: " + ", ".join(c["peak_error_ci95_from"]) for c in doc["cases"]
                   if "peak_error_ci95_from" in c]
     for c in doc["cases"]:

@@ -372,7 +372,7 @@ def test_the_peak_errors_interval_redraws_the_sweeps_the_demand_and_the_replicat
     assert s.low == pytest.approx(100 * (189 / 200 - 1)) and s.high == pytest.approx(100 * (189 / 160 - 1))
     rounds = [20.0, 22.0, 24.0, 21.0, 26.0, 19.0, 23.0]
     lv = peak_error_interval(flat, 180.0, 189.0, demand_us=rounds, elasticity=1.0)
-    assert lv.low < 5.0 < lv.high and lv.parts[1] == "the level's rounds (7)"
+    assert lv.low < 5.0 < lv.high and lv.parts[1] == "the host level's rounds (7)"
     # the demand's median 22 drawn as 20 at most and 24 at least: the peak moves inversely with it
     assert lv.high <= 100 * (189 * 22 / 19 / 180 - 1) + 1e-9 and lv.low >= 100 * (189 * 22 / 26 / 180 - 1) - 1e-9
     assert peak_error_interval(flat, 180.0, 189.0, demand_us=rounds, elasticity=0.0).high == pytest.approx(5.0)
@@ -383,6 +383,9 @@ def test_the_peak_errors_interval_redraws_the_sweeps_the_demand_and_the_replicat
     assert Interval(-4.0, 4.5, ()).firm(5.0) and Interval(5.5, 9.0, ()).firm(5.0)
     assert Interval(-9.0, -5.1, ()).firm(5.0)
     assert not Interval(3.0, 6.0, ()).firm(5.0) and not Interval(-12.0, 1.0, ()).firm(5.0)
+    # one live sweep: its own noise is not in the interval, so no verdict is called firm
+    one = peak_error_interval([[100.0, 180.0, 175.0]], 180.0, 189.0, sim_peak_halfwidth=1.0, sim_replications=3)
+    assert one.parts == ("the simulation's 3 replications",) and one.firm(5.0) is None
 
 
 def test_a_cpu_cases_interval_takes_the_rounds_and_the_report_says_if_the_verdict_is_firm():
