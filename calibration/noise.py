@@ -29,7 +29,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _sps
+
+from sim.stats import t_quantile
 
 DRAWS = 4000
 SEED = 20071
@@ -68,7 +69,8 @@ def peak_error_interval(sweeps: list[list[float]] | None, live_peak: float, sim_
     rng = np.random.default_rng(seed)
     parts = []
     live = np.full(draws, float(live_peak))
-    if sweeps and len(sweeps) > 1:
+    repeated = bool(sweeps) and len(sweeps) > 1
+    if repeated:
         a = np.asarray(sweeps, dtype=float)                      # sweeps x rates
         k = a.shape[0]
         drawn = a[rng.integers(0, k, size=(draws, k))]           # draws x k x rates
@@ -81,11 +83,11 @@ def peak_error_interval(sweeps: list[list[float]] | None, live_peak: float, sim_
         sim = sim * (np.median(r) / medians) ** elasticity
         parts.append(f"{demand_what} ({len(r)})")
     if sim_peak_halfwidth and sim_replications and sim_replications > 1 and math.isfinite(sim_peak_halfwidth):
-        se = sim_peak_halfwidth / float(_sps.t.ppf(0.975, sim_replications - 1))
+        se = sim_peak_halfwidth / t_quantile(sim_replications)
         sim = sim + rng.normal(0.0, se, draws)
         parts.append(f"the simulation's {sim_replications} replications")
     if not parts:
         return None
     err = 100.0 * (sim - live) / live
     low, high = np.percentile(err, [2.5, 97.5])
-    return Interval(float(low), float(high), tuple(parts), bool(sweeps) and len(sweeps) > 1)
+    return Interval(float(low), float(high), tuple(parts), repeated)

@@ -810,10 +810,9 @@ def summarize_case(case: Case, res: dict, rounds_us: list[float] | None = None) 
     if sim:
         top = max(sim, key=lambda s: s["reply_rps"])
         demand, what = (rounds_us, "the host level's rounds") if case.setting == "cpu" else (None, "")
-        b = res.get("blackbox") or {}
-        if b.get("basis", "").startswith("median CPU per reply"):    # its demand is the median of these runs
-            demand = [r["cpu_us_per_reply"] for r in b.get("probe", []) if r.get("past_saturation")]
-            what = "the black box's runs past saturation"
+        past = [r["cpu_us_per_reply"] for r in (res.get("blackbox") or {}).get("probe", []) if r["past_saturation"]]
+        if past:              # the black box's demand is their median (blackbox.demands_with_wakeups)
+            demand, what = past, "the black box's runs past saturation"
         band = peak_error_interval(sweeps, c["live_peak_rps"], c["sim_peak_rps"], top.get("reply_rps_ci"),
                                    top.get("replications"), demand, 1.0 if demand else 0.0, what)
         if band is not None:

@@ -43,6 +43,11 @@ def _as_array(values, what: str) -> np.ndarray:
     return a
 
 
+def t_quantile(n: int) -> float:
+    """Student's t for a 95% two-sided interval over n values (n - 1 degrees of freedom)."""
+    return float(_sps.t.ppf(0.5 + CONFIDENCE / 2.0, n - 1))
+
+
 def estimate(values: Iterable[float]) -> Estimate:
     """Mean and Student-t 95% half-width of independent values (e.g. one per replication)."""
     a = _as_array(values, "estimate")
@@ -51,8 +56,7 @@ def estimate(values: Iterable[float]) -> Estimate:
     if n < 2:
         return Estimate(mean, math.nan, n)
     sd = float(a.std(ddof=1))
-    t = float(_sps.t.ppf(0.5 + CONFIDENCE / 2.0, n - 1))
-    return Estimate(mean, t * sd / math.sqrt(n), n)
+    return Estimate(mean, t_quantile(n) * sd / math.sqrt(n), n)
 
 
 def relative_halfwidth(est: Estimate) -> float:

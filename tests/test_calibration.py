@@ -410,6 +410,11 @@ def test_a_cpu_cases_interval_takes_the_rounds_and_the_report_says_if_the_verdic
     lo, hi = cpu["peak_error_ci95_pct"]
     assert lo < -5.0 < hi and hi - lo > nic["peak_error_ci95_pct"][1] - nic["peak_error_ci95_pct"][0]
     assert cpu["peak_verdict_firm"] is False
+    # the black box's demand is the median of its runs past saturation: those are redrawn
+    probe = [{"cpu_us_per_reply": u, "past_saturation": p} for u, p in ((30.0, False), (20.0, True), (24.0, True),
+                                                                        (18.0, True))]
+    bb = summarize_case(known["nginx-blackbox"], {**res, "blackbox": {"probe": probe, "predicted_saturation_rps": 171.0}})
+    assert "the black box's runs past saturation (3)" in bb["peak_error_ci95_from"]
     text = report_md({"machine": {"date": "d", "host": "h", "cpu_model": "c", "cpus": 2, "memory_mb": 1,
                                   "kernel": "k", "python": "p"}, "command": "simrun validate --repeat 3",
                       "cases": [cpu], "profile_file": "p.toml", "profile_note": "n", "workload": "w",
