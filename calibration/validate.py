@@ -70,6 +70,7 @@ import time
 from dataclasses import dataclass
 
 from sim.profile import load_profile, write_profile
+from sim.resultcache import code_version
 from sim.scenario import ScenarioError, load_scenario
 
 from . import blackbox, micro
@@ -1212,7 +1213,8 @@ def main(argv=None) -> int:
         rounds_us = [r["cpu_us_per_reply"] for r in level.usable] if level is not None else None
         for i, case in pending:
             results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log, rounds_us)
-        doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv), "profile_file": profile_file,
+        doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv),
+                      "simulator_code": code_version(), "profile_file": profile_file,
                       "profile_note": note, "load_avg_end": load_average(),
                       "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
                                   f"and {workload.think_between_bursts_s:g} s between bursts, "
@@ -1224,7 +1226,7 @@ def main(argv=None) -> int:
                                    "fractions": list(st.fractions), "link_mbit": st.link_mbit,
                                    "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
                                    "disk_sessions": st.disk_sessions, "nic_sessions": st.nic_sessions,
-                                   "cpu_sessions": st.cpu_sessions,
+                                   "cpu_sessions": st.cpu_sessions, "repeat": st.repeat,
                                    "sim_duration_s": st.sim_duration_s, "quick": st.quick},
                       "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
                                   "blackbox_error_pct": BLACKBOX_TARGET_PCT},

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "calibrate": ("calibration.calibrate", "measure a live server here under httperf and fit a cost profile"),
     "blackbox": ("calibration.blackbox", "service demands of any live server from its pid and port (utilisation law)"),
     "validate": ("calibration.validate", "live servers against the simulator: errors per case, report and plots"),
+    "across": ("calibration.across", "several validation runs side by side: each case's mean error and its interval"),
     "capacity": ("sim.capacity", "smallest cores/NICs/memory/... meeting throughput and response targets"),
 }
 

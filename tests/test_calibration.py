@@ -23,6 +23,7 @@ from real.trace import OpStats, Trace, read_trace
 from sim.config import Footprint, Hardware, Profile
 from sim.operations import Cost
 from sim.profile import load_profile, write_profile
+from sim.resultcache import code_version
 from sim.scenario import load_scenario
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -732,6 +733,8 @@ def test_quick_validation_end_to_end(tmp_path):
     # both sides replay the same sessions: the scenario names them, and httperf was given them
     assert load_scenario(str(out / "symped-2p" / "scenario.toml")).workload.session_templates == 1000
     assert doc["settings"]["cpu_sessions"] == 1000 and "1000 sessions replayed" in doc["workload"]
+    # what `simrun across` groups runs by: the simulator's code, and the settings
+    assert doc["simulator_code"] == code_version() and doc["settings"]["repeat"] == 1
     case_profile = load_profile(str(out / "symped-2p" / "profile.toml"))
     assert case_profile.cost("parse").fixed == pytest.approx(prof.cost("parse").fixed * level["factor"], rel=1e-3)
     assert case_profile.cost("wakeup").fixed == pytest.approx(prof.cost("wakeup").fixed, rel=1e-3)
