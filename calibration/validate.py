@@ -892,7 +892,7 @@ def report_md(doc: dict) -> str:
                       "the run's own noise could turn the verdict on the peak; *one sweep*: the live curve was "
                       "measured once, so its own noise is not in the interval and nothing is claimed. It cannot see "
                       "a spell that lasts through a whole case or the calibration, so it does not say that two runs "
-                      "would agree.", ""]
+                      "would agree: runs made at other times do, side by side (`simrun across RUN ...`).", ""]
         lines += [f"- {c['case']}: " + ", ".join(c["peak_error_ci95_from"]) for c in doc["cases"]
                   if "peak_error_ci95_from" in c]
     for c in doc["cases"]:
