@@ -25,12 +25,11 @@ import sys
 from dataclasses import dataclass, field
 
 from sim.atomic import write_bytes, write_text
-from sim.stats import t_quantile
+from sim.stats import estimate
 
 # what each figure is held to, and whether its sign matters (two-sided) or only its size
-METRICS = (("peak_error_pct", "peak error %", "peak_error_pct", True),
-           ("mape_pct", "MAPE %", "mape_pct", False),
-           ("blackbox_error_pct", "saturation error %", "blackbox_error_pct", True))
+METRICS = (("peak_error_pct", "peak error %", True), ("mape_pct", "MAPE %", False),
+           ("blackbox_error_pct", "saturation error %", True))
 DEFAULT_TARGETS = {"peak_error_pct": 5.0, "mape_pct": 10.0, "blackbox_error_pct": 10.0}
 
 
@@ -107,12 +106,8 @@ class Spread:
 
 
 def spread(values: list[float], target: float, signed: bool) -> Spread:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return Spread(values, mean, math.nan, target, signed)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Spread(values, mean, t_quantile(n) * sd / math.sqrt(n), target, signed)
+    e = estimate(values)
+    return Spread(list(values), e.mean, e.halfwidth, target, signed)
 
 
 def summarize(runs: list[Run]) -> dict:
@@ -123,11 +118,11 @@ def summarize(runs: list[Run]) -> dict:
     out = {}
     for name in names:
         figures = {}
-        for key, _title, target_key, signed in METRICS:
+        for key, _title, signed in METRICS:
             per_run = [_number(r.cases[name].get(key)) if name in r.cases else None for r in runs]
             got = [v for v in per_run if v is not None]
             if got:
-                figures[key] = (per_run, spread(got, runs[-1].targets[target_key], signed))
+                figures[key] = (per_run, spread(got, runs[-1].targets[key], signed))
         held = [r.cases[name].get("held_out") for r in runs if name in r.cases]
         out[name] = {"held_out": bool(held and held[-1]), "figures": figures,
                      "intervals": [r.cases[name].get("peak_error_ci95_pct") if name in r.cases else None
@@ -172,7 +167,7 @@ def report_md(runs: list[Run], summary: dict, notes: list[str]) -> str:
            " | mean | its 95 % interval | runs within | verdict on the mean |"
     lines += [head, "|" + "---|" * (len(runs) + 8)]
     for name, s in summary.items():
-        for key, title, _t, signed in METRICS:
+        for key, title, signed in METRICS:
             if key not in s["figures"]:
                 continue
             per_run, sp = s["figures"][key]
