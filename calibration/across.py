@@ -160,7 +160,8 @@ def report_md(runs: list[Run], summary: dict, notes: list[str]) -> str:
              "Per case and figure: each run's value, the mean over the runs with its 95 % interval (Student's t), "
              "how many runs met the target on their own, and the verdict on the mean: *holds* (the whole interval "
              "within the target), *misses* (outside it), *undecided* (it crosses the target: more runs would "
-             "tell).", ""]
+             "tell). A live peak is the highest of several noisy rows, so even a model that is exactly right "
+             "shows a mean peak error a little below zero where the live curve is noisy (docs/calibration.md).", ""]
     if notes:
         lines += ["**Not like for like:** " + "; ".join(notes) + ".", ""]
     head = "| case | held out | figure | target | " + " | ".join(r.label for r in runs) + \
