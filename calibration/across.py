@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from sim.atomic import write_bytes, write_text
 from sim.stats import estimate
 
+from .validate import strict_json
+
 # what each figure is held to, and whether its sign matters (two-sided) or only its size
 METRICS = (("peak_error_pct", "peak error %", True), ("mape_pct", "MAPE %", False),
            ("blackbox_error_pct", "saturation error %", True))
@@ -220,16 +222,6 @@ def plot(runs: list[Run], summary: dict, path: str) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def as_json(runs: list[Run], summary: dict, notes: list[str]) -> dict:
     cases = []
     for name, s in summary.items():
@@ -238,7 +230,7 @@ def as_json(runs: list[Run], summary: dict, notes: list[str]) -> dict:
             entry[key] = {"runs": per_run, "mean": sp.mean, "ci95_halfwidth": sp.halfwidth, "target": sp.target,
                           "runs_within_target": sp.within(), "verdict": sp.verdict()}
         cases.append(entry)
-    return _clean({"runs": [{"label": r.label, "date": r.date, "simulator_code": r.code} for r in runs],
+    return strict_json({"runs": [{"label": r.label, "date": r.date, "simulator_code": r.code} for r in runs],
                    "not_like_for_like": notes, "cases": cases})
 
 

@@ -1002,12 +1002,12 @@ def _jsonable(v):
     return str(v)
 
 
-def _clean(v):
-    """NaN and infinities as null, so validation.json is strict JSON."""
+def strict_json(v):
+    """NaN and infinities as null, so validation.json (and `simrun across`'s JSON) is strict JSON."""
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: strict_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [strict_json(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
@@ -1213,7 +1213,7 @@ def main(argv=None) -> int:
         rounds_us = [r["cpu_us_per_reply"] for r in level.usable] if level is not None else None
         for i, case in pending:
             results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log, rounds_us)
-        doc = _clean({"machine": info, "command": "simrun validate " + " ".join(argv),
+        doc = strict_json({"machine": info, "command": "simrun validate " + " ".join(argv),
                       "simulator_code": code_version(), "profile_file": profile_file,
                       "profile_note": note, "load_avg_end": load_average(),
                       "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
