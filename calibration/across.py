@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from sim.atomic import write_bytes, write_text
 from sim.stats import estimate
 
-from .validate import strict_json
+from .validate import BLACKBOX_TARGET_PCT, MAPE_TARGET_PCT, PEAK_TARGET_PCT, strict_json
 
 # what each figure is held to, and whether its sign matters (two-sided) or only its size
 METRICS = (("peak_error_pct", "peak error %", True), ("mape_pct", "MAPE %", False),
            ("blackbox_error_pct", "saturation error %", True))
-DEFAULT_TARGETS = {"peak_error_pct": 5.0, "mape_pct": 10.0, "blackbox_error_pct": 10.0}
+# (a run that did not record its targets was held to the present ones)
+DEFAULT_TARGETS = {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
+                   "blackbox_error_pct": BLACKBOX_TARGET_PCT}
 
 
 class AcrossError(Exception):
