@@ -233,7 +233,7 @@ def as_json(runs: list[Run], summary: dict, notes: list[str]) -> dict:
                           "runs_within_target": sp.within(), "verdict": sp.verdict()}
         cases.append(entry)
     return strict_json({"runs": [{"label": r.label, "date": r.date, "simulator_code": r.code} for r in runs],
-                   "not_like_for_like": notes, "cases": cases})
+                        "not_like_for_like": notes, "cases": cases})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -255,6 +255,9 @@ def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
         runs = [load_run(p) for p in args.runs]
+        if len({r.label for r in runs}) < len(runs):       # folders of one name: label them by their path
+            for r, p in zip(runs, args.runs):
+                r.label = p.rstrip("/")
         runs.sort(key=lambda r: r.date)
         if args.same_code:
             code = runs[-1].code

@@ -76,6 +76,11 @@ def test_across_says_when_the_runs_are_not_like_for_like_and_can_keep_the_newest
     assert [r["label"] for r in doc["runs"]] == ["new1", "new2"] and doc["not_like_for_like"] == []
     assert doc["cases"][0]["peak_error_pct"]["runs"] == [1.0, 2.0]
     assert "left out (other code): old" in capsys.readouterr().err
+    # runs in folders of the same name are told apart by their paths
+    a = write_run(tmp_path / "x" / "v", "2026-01-03T01:00:00", {"a": 1.0})
+    b = write_run(tmp_path / "y" / "v", "2026-01-03T02:00:00", {"a": 2.0})
+    assert across.main([a, b, "--out", str(tmp_path / "two")]) == 0
+    assert [r["label"] for r in json.loads((tmp_path / "two" / "across.json").read_text())["runs"]] == [a, b]
 
 
 def test_across_bad_input_is_one_line_and_writes_nothing(tmp_path):
