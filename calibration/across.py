@@ -137,17 +137,17 @@ def summarize(runs: list[Run]) -> dict:
 def differences(runs: list[Run]) -> list[str]:
     """What differs between the runs besides their noise: the simulator's code, the settings."""
     notes = []
-    codes = {r.code for r in runs}
-    if len(codes) > 1:
-        known = sorted(c[:12] for c in codes if c)
-        notes.append(f"the runs validated {len(codes)} versions of the simulator"
-                     + (f" ({', '.join(known)}" + (", and runs that did not record it)" if None in codes else ")")
-                        if known else "") + ": their spread is not noise alone")
-    elif None in codes:
-        notes.append("the runs did not record the simulator's code: check by hand that they validated the same one")
+    known = sorted({r.code[:12] for r in runs if r.code})
+    unrecorded = [r.label for r in runs if not r.code]
+    if len(known) > 1:
+        notes.append(f"the runs validated {len(known)} versions of the simulator ({', '.join(known)}): their "
+                     "spread is not noise alone")
+    if unrecorded:
+        notes.append(("the runs" if len(unrecorded) == len(runs) else ", ".join(unrecorded))
+                     + " did not record the simulator's code: check by hand that they validated the same one")
     keys = sorted({k for r in runs for k in r.settings})
     for k in keys:
-        vals = {json.dumps(r.settings.get(k), sort_keys=True) for r in runs}
+        vals = {json.dumps(r.settings[k], sort_keys=True) if k in r.settings else "not recorded" for r in runs}
         if len(vals) > 1:
             notes.append(f"setting `{k}` differs: " + ", ".join(sorted(vals)))
     return notes

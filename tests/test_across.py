@@ -71,6 +71,13 @@ def test_across_says_when_the_runs_are_not_like_for_like_and_can_keep_the_newest
     notes = " ".join(doc["not_like_for_like"])
     assert "2 versions of the simulator" in notes and "`repeat` differs" in notes
     assert "Not like for like" in (tmp_path / "mixed" / "across.md").read_text()
+    # a run from before the code was recorded is named as such, not counted as another version
+    unknown = write_run(tmp_path / "unknown", "2026-01-02T03:00:00", {"a": 3.0}, code=None, settings={})
+    assert across.main([new1, new2, unknown, "--out", str(tmp_path / "unknown-code")]) == 0
+    notes = json.loads((tmp_path / "unknown-code" / "across.json").read_text())["not_like_for_like"]
+    assert "unknown did not record the simulator's code: check by hand that they validated the same one" in notes
+    assert "setting `repeat` differs: 3, not recorded" in notes
+    assert not any("versions of the simulator" in n for n in notes)
     assert across.main([old, new1, new2, "--same-code", "--out", str(tmp_path / "same")]) == 0
     doc = json.loads((tmp_path / "same" / "across.json").read_text())
     assert [r["label"] for r in doc["runs"]] == ["new1", "new2"] and doc["not_like_for_like"] == []
