@@ -1213,25 +1213,26 @@ def main(argv=None) -> int:
         rounds_us = [r["cpu_us_per_reply"] for r in level.usable] if level is not None else None
         for i, case in pending:
             results[i] = _summarized(case, simulate_python_case(case, results[i], st, factor), out, log, rounds_us)
-        doc = strict_json({"machine": info, "command": "simrun validate " + " ".join(argv),
-                      "simulator_code": code_version(), "profile_file": profile_file,
-                      "profile_note": note, "load_avg_end": load_average(),
-                      "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
-                                  f"and {workload.think_between_bursts_s:g} s between bursts, "
-                                  f"{workload.session_requests_min}-{workload.session_requests_max} requests/session"
-                                  + (f", {workload.session_templates} sessions replayed by both sides"
-                                     if workload.session_templates else ""),
-                      "settings": {"duration_s": st.duration_s, "cpu_fraction": st.cpu_fraction,
-                                   "sim_quota": st.sim_quota, "threaded_period_us": known["threaded-gil"].cpu_period_us,
-                                   "fractions": list(st.fractions), "link_mbit": st.link_mbit,
-                                   "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
-                                   "disk_sessions": st.disk_sessions, "nic_sessions": st.nic_sessions,
-                                   "cpu_sessions": st.cpu_sessions, "repeat": st.repeat,
-                                   "sim_duration_s": st.sim_duration_s, "quick": st.quick},
-                      "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
-                                  "blackbox_error_pct": BLACKBOX_TARGET_PCT},
-                      "calibration": calib_text,
-                      "host_level": level.summary() if level is not None else None, "cases": results})
+        doc = strict_json({
+            "machine": info, "command": "simrun validate " + " ".join(argv),
+            "simulator_code": code_version(), "profile_file": profile_file,
+            "profile_note": note, "load_avg_end": load_average(),
+            "workload": f"{st.directories} directories, think {workload.think_within_burst_s:g} s within "
+                        f"and {workload.think_between_bursts_s:g} s between bursts, "
+                        f"{workload.session_requests_min}-{workload.session_requests_max} requests/session"
+                        + (f", {workload.session_templates} sessions replayed by both sides"
+                           if workload.session_templates else ""),
+            "settings": {"duration_s": st.duration_s, "cpu_fraction": st.cpu_fraction,
+                         "sim_quota": st.sim_quota, "threaded_period_us": known["threaded-gil"].cpu_period_us,
+                         "fractions": list(st.fractions), "link_mbit": st.link_mbit,
+                         "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
+                         "disk_sessions": st.disk_sessions, "nic_sessions": st.nic_sessions,
+                         "cpu_sessions": st.cpu_sessions, "repeat": st.repeat,
+                         "sim_duration_s": st.sim_duration_s, "quick": st.quick},
+            "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
+                        "blackbox_error_pct": BLACKBOX_TARGET_PCT},
+            "calibration": calib_text,
+            "host_level": level.summary() if level is not None else None, "cases": results})
         ran = [c for c in results if c.get("rates")]
         with open(os.path.join(out, "report.md.tmp"), "w", encoding="utf-8") as f:
             f.write(report_md({**doc, "cases": ran}))
