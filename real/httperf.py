@@ -30,17 +30,19 @@ httperf waits with `select`, so one process keeps at most FD_SETSIZE (1,024)
 descriptors; its own start-up warns so and caps itself. Sessions hold their
 connection through think times, so the concurrency is about session rate x
 mean session length; above `conns_per_instance` per process the load is split
-over several httperf processes (each its own session file, seed and `--client
-i/k`, so the Poisson streams differ) whose results are summed. httperf busy-
+over several httperf processes (each its own session file and `--client i/k`,
+which seeds its own Poisson stream) whose results are summed. httperf busy-
 polls (it uses a whole core even when idle), so they share the load core.
 
 A run starts with no sessions in progress and ends with the tail of the last
 sessions, so the whole-run reply rate understates the rate under load.
 `reply_rps` is therefore the mean of httperf's 5-second reply-rate samples
 (`-v`) taken after a warm-up and before the last session starts; beside it,
-`offered_window_rps` is the request rate the session files offer in the same
-window (computed from the files' think times, responses taken as instant), so
-their ratio tells whether the server kept up. Runs too short for a sample use
+`offered_window_rps` is the request rate the sessions offered in the same
+window, so their ratio tells whether the server kept up. It is counted, not
+expected: httperf's rate generator has a fixed seed per `--client` id, so its
+session starts are known (sim/generator.py); to them the files' think times are
+added, responses taken as instant. Runs too short for a sample use
 the whole run for both. `--hog` is not used: on Linux a plain connect() takes
 ports from the kernel's 28k-port ephemeral range and reuses TIME_WAIT ports on
 loopback (tcp_tw_reuse=2), which is plenty at one connection per session,
@@ -66,6 +68,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim import generator
 from sim.fileset import FileSet
 from sim.atomic import write_text
 from sim.workload import GENERATOR_MAX_TEMPLATES, Workload
@@ -144,18 +147,15 @@ def write_templates(workload: Workload, templates, path: str) -> SessionLog:
 
 def template_slices(workload: Workload, counts: list[int]) -> list[list]:
     """The workload's session templates shared out over httperf instances that start `counts`
-    sessions each. Instance i replays its own contiguous share round robin and is given only as
-    many as it starts. The shares and the counts are equal to within one, so every template is
-    offered about equally often, as the simulator's clients replay them all in turn. (With fewer
-    templates than instances an instance replays one template.)"""
+    sessions each (sim/generator.py's `template_shares`, which the simulator's clients follow
+    too): a contiguous share each, given only as many as it starts, so every template is offered
+    about equally often, as the simulator's clients replay them all in turn."""
     tpl = workload.templates()
     if not tpl:
         raise LoadError("the workload has no session templates (session_templates = 0)")
-    k = len(counts)
-    bounds = [len(tpl) * i // k for i in range(k + 1)]
-    shares = [list(tpl[bounds[i]:bounds[i + 1]] or [tpl[i % len(tpl)]])[:max(1, c)] for i, c in enumerate(counts)]
+    shares = [[tpl[j] for j in share] for share in generator.template_shares(len(tpl), counts)]
     if max(len(s) for s in shares) > MAX_TEMPLATES:
-        raise LoadError(f"{len(tpl)} session templates over {k} httperf processes: more than httperf's "
+        raise LoadError(f"{len(tpl)} session templates over {len(counts)} httperf processes: more than httperf's "
                         f"{MAX_TEMPLATES} in one session file")
     return shares
 
@@ -182,15 +182,18 @@ def parse_wsesslog(text: str) -> list[list[tuple[str, float | None]]]:
     return sessions
 
 
-def offered_in_window(logs: list[SessionLog], rates: list[float], spans: list[float], a: float, b: float) -> float:
-    """Expected requests issued in [a, b) by Poisson sessions at `rates` over [0, span] using `logs`' sessions."""
-    total = 0.0
-    for log, lam, span in zip(logs, rates, spans):
-        ages = np.concatenate([np.asarray(x) for x in log.ages])
-        lo = np.maximum(0.0, a - ages)
-        hi = np.minimum(span, b - ages)
-        total += lam * float(np.clip(hi - lo, 0.0, None).sum()) / log.n_sessions
-    return total
+def offered_in_window(logs: list[SessionLog], starts: list[np.ndarray], a: float, b: float) -> float:
+    """Requests issued in [a, b) by sessions starting at `starts` (per httperf process, seconds after its
+    start; sim/generator.py) that replay `logs`' sessions in turn, replies taken as instant."""
+    total = 0
+    for log, at in zip(logs, starts):
+        n = log.n_sessions
+        for j, ages in enumerate(log.ages):
+            mine = at[j::n]                  # the starts of the sessions that replay session j
+            if len(mine):
+                t = mine[:, None] + np.asarray(ages)[None, :]
+                total += int(np.count_nonzero((t >= a) & (t < b)))
+    return float(total)
 
 
 # ---------------------------------------------------------------- httperf output
@@ -322,8 +325,7 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
         k = max(k, need)
     sess_rate = workload.session_rate(offered_rps)
     n_total = max(1, round(sess_rate * duration_s))
-    counts = [n_total // k + (1 if i < n_total % k else 0) for i in range(k)]
-    counts = [c for c in counts if c > 0]
+    counts = generator.session_counts(n_total, k)
     k = len(counts)
     rates = [sess_rate * c / n_total for c in counts]
 
@@ -341,7 +343,7 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
                 logs.append(write_wsesslog(workload, np.random.default_rng([seed, i]), min(c, MAX_TEMPLATES), path))
             cmd = ([] if cpu is None else ["taskset", "-c", str(cpu)]) + [
                 httperf, "-v", f"--server={server}", f"--port={port}", f"--wsesslog={c},0,{path}",
-                f"--period=e{1.0 / lam:.9f}", f"--timeout={workload.timeout_s:g}", f"--client={i}/{k}"]
+                f"--period=e{generator.period_s(lam):.9f}", f"--timeout={workload.timeout_s:g}", f"--client={i}/{k}"]
             out = open(os.path.join(workdir, f"httperf-{i}.out"), "w+")
             outs.append(out)
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -392,21 +394,18 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
             shutil.rmtree(workdir, ignore_errors=True)
 
     m = merge(parts)
-    spans = [c / lam for c, lam in zip(counts, rates)]
-    if warmup_s is None:
-        warmup_s = min(workload.mean_session_think_s, duration_s / 2)
-    first = math.ceil(warmup_s / SAMPLE_S - 1e-9)
-    last = int(math.floor(duration_s / SAMPLE_S + 1e-9))  # samples [first, last) lie within the window
-    last = min(last, len(m["samples"]))
-    if last > first:
-        a, b = first * SAMPLE_S, last * SAMPLE_S
+    starts = [generator.start_instants(i, lam, c) for i, (c, lam) in enumerate(zip(counts, rates))]
+    window = sample_window(workload, duration_s, warmup_s, len(m["samples"]))
+    if window is not None:
+        a, b = window
+        first, last = round(a / SAMPLE_S), round(b / SAMPLE_S)
         reply_rps = sum(m["samples"][first:last]) / (last - first)
         basis = f"samples {a:g}-{b:g} s"
     else:
         a, b = 0.0, max(m["test_duration_s"], 1e-9)
         reply_rps = m["replies"] / b
         basis = "whole run"
-    offered_window = offered_in_window(logs, rates, spans, a, b) / (b - a)
+    offered_window = offered_in_window(logs, starts, a, b) / (b - a)
     connect_failures = m["fd_unavail"] + m["connrefused"] + m["addrunavail"] + m["ftab_full"]
     issued = m["requests"] + connect_failures
     result = {
@@ -427,6 +426,20 @@ def run_httperf(server: str, port: int, workload: Workload, offered_rps: float, 
         result["httperf_output"] = raw_texts
         result["workdir"] = workdir
     return result
+
+
+def sample_window(workload: Workload, duration_s: float, warmup_s: float | None = None,
+                  samples: int | None = None) -> tuple[float, float] | None:
+    """[a, b), the seconds after httperf's start whose 5 s samples `reply_rps` averages: those after
+    the warm-up (by default the think times of one session, at most half the run) that end before
+    the last session starts; None when the run is too short for one (the whole run is used)."""
+    if warmup_s is None:
+        warmup_s = min(workload.mean_session_think_s, duration_s / 2)
+    first = math.ceil(warmup_s / SAMPLE_S - 1e-9)
+    last = int(math.floor(duration_s / SAMPLE_S + 1e-9))
+    if samples is not None:
+        last = min(last, samples)
+    return (first * SAMPLE_S, last * SAMPLE_S) if last > first else None
 
 
 def _wait_all(procs: list[subprocess.Popen], deadline: float) -> None:

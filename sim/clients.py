@@ -22,6 +22,10 @@ requests/s, where requests at their drawn instants would wake it about once a re
 With `session_templates` in the workload the sessions are not drawn: each new
 session replays the next of the workload's templates (files and think times), in
 turn, as httperf replays its session files.
+
+With `arrivals = "httperf"` the sessions start at the instants httperf's own
+seeded generator gives (sim/generator.py), each of its processes replaying its
+share of the templates, from an empty start: the requests a live run offers.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from . import generator
 from .workload import Workload
 
 REAP_INTERVAL_S = 0.1
@@ -109,7 +114,12 @@ class Clients:
         self.tick = workload.generator_tick_s
         self.procs = workload.generator_processes(offered_rps)
         self._phase = [self.tick * i / self.procs for i in range(self.procs)]   # each process's grid offset
-        env.process(self._arrivals())
+        if workload.arrivals == "httperf":     # httperf's own instants, for a run as long as this one
+            plan = generator.sessions(max(1, round(self.session_rate * self.t1)), self.procs, self.session_rate,
+                                      len(self.templates) if self.templates is not None else 0)
+            env.process(self._httperf_arrivals(plan))
+        else:
+            env.process(self._arrivals())
         env.process(self._reaper())
 
     @property
@@ -133,8 +143,11 @@ class Clients:
         replayed with instant replies (vectorised: one array entry per request) to find
         where each stands at time 0; those still going hold an open connection,
         adopted by the server without an accept, and a pending next request.
+        With httperf's arrivals the run starts empty, as httperf does: none.
         """
         rng, w = self.rng, self.w
+        if w.arrivals == "httperf":
+            return 0
         n = int(rng.poisson(self.session_rate * horizon_s))
         if n == 0:
             return 0
@@ -268,6 +281,26 @@ class Clients:
             conn = Connection(self.next_id, n, self._on_tick(env.now, self.next_id))
             self.next_id += 1
             conn.burst_left = self._burst_len()
+            self._start(conn)
+
+    def _httperf_arrivals(self, plan):
+        """Sessions at the instants httperf starts them (sim/generator.py), each on its own process's
+        ticks and with the template that process replays next; session j of process i is id j*k + i."""
+        env, w, tpl = self.env, self.w, self.templates
+        k = 1 + max(proc for _t, proc, _m in plan)
+        started = [0] * k
+        for at, proc, m in plan:
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            cid = started[proc] * k + proc
+            started[proc] += 1
+            if tpl is not None:
+                conn = Connection(cid, len(tpl[m][0]), self._on_tick(at, cid))
+                conn.tpl = tpl[m]
+            else:
+                conn = Connection(cid, int(self.rng.integers(w.session_requests_min, w.session_requests_max + 1)),
+                                  self._on_tick(at, cid))
+                conn.burst_left = self._burst_len()
             self._start(conn)
 
     def _start(self, conn):

@@ -17,6 +17,11 @@ Sessions are drawn afresh by default. httperf cannot do that: it holds at most
 files and think times drawn once from `template_seed`), replayed in turn, so
 a page cache sees the same repeats in the simulator as live.
 
+Sessions arrive as a Poisson stream. httperf draws its stream from a fixed seed, so
+every live run at a rate starts its sessions at the same instants; with `arrivals =
+"httperf"` the simulator starts them at those instants too (sim/generator.py), from
+an empty start as httperf does, so both sides are offered the very same requests.
+
 The load generator has a limit of its own: httperf waits with `select`, so one
 process holds at most FD_SETSIZE descriptors, and a session that finds its
 process full fails at once (httperf's `fd_unavail`). `real/httperf.py` starts
@@ -69,6 +74,11 @@ class Workload:
         "min": 0.0, "max": 1.0,
         "help": "timer granularity of the load generator: sessions start and think times end on its ticks "
                 "(httperf's TIMER_INTERVAL, 1 ms); 0: at the exact drawn instants"})
+    arrivals: str = field(default="poisson", metadata={
+        "choices": ("poisson", "httperf"),
+        "help": "poisson: sessions arrive as a Poisson stream drawn from the run's seed, and the run starts with "
+                "sessions under way; httperf: the instants httperf's own seeded generator starts them at in a run "
+                "of warmup_s + duration_s, from none under way, as `simrun load` offers them"})
     generator_sessions_per_process: int = field(default=800, metadata={
         "min": 1, "max": 1_000_000,
         "help": "mean open sessions the load is planned for per load-generator process (think times only); "
@@ -79,6 +89,8 @@ class Workload:
             raise ValueError("need 1 <= session_requests_min <= session_requests_max")
         if not 1 <= self.burst_requests_min <= self.burst_requests_max:
             raise ValueError("need 1 <= burst_requests_min <= burst_requests_max")
+        if self.arrivals not in ("poisson", "httperf"):
+            raise ValueError("arrivals must be 'poisson' or 'httperf'")
         if self.think_distribution not in ("exponential", "fixed"):
             raise ValueError("think_distribution must be 'exponential' or 'fixed'")
         if self.session_templates < 0:
