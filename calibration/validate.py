@@ -83,7 +83,7 @@ from .measure import (LiveServer, MeasureError, load_average, open_connections, 
                       sustained, sweep, utilisation)
 from .netns import NetnsError, ShapedLink, goodput_gbps
 from .noise import peak_error_interval
-from real.httperf import MAX_INSTANCES, MAX_TEMPLATES
+from real.httperf import MAX_INSTANCES, MAX_TEMPLATES, sample_window
 
 PEAK_TARGET_PCT, MAPE_TARGET_PCT, BLACKBOX_TARGET_PCT = 5.0, 10.0, 10.0
 LIVE_COMMON = ["--max-conns", "2000", "--accept-limit", "100"]
@@ -163,6 +163,9 @@ class Settings:
     workdir: str = ""
     sim_quota: bool = True         # simulate the CPU share as a CFS quota, not as a slower core
     repeat: int = 1                # live sweeps per CPU, NIC and black-box case; the median row per rate is compared
+    # the simulator offered httperf's own session starts over the live runs' sample window (sim/generator.py),
+    # instead of a Poisson stream of its own at steady state over sim_warmup_s + sim_duration_s
+    httperf_arrivals: bool = False
 
 
 # ---------------------------------------------------------------- the simulator's side
@@ -187,12 +190,17 @@ def write_scenario(path: str, name: str, profile_path: str, hardware: dict, work
     if getattr(workload, "generator_fd_limit", 0):      # httperf's own limit, as the live runs have it
         wl.update(generator_fd_limit=workload.generator_fd_limit,
                   generator_sessions_per_process=workload.generator_sessions_per_process)
+    warmup, duration = st.sim_warmup_s, st.sim_duration_s
+    window = sample_window(workload, st.duration_s) if st.httperf_arrivals else None
+    if window is not None:     # the requests and the window of the live runs' reply rate
+        wl["arrivals"] = "httperf"
+        warmup, duration = window[0], window[1] - window[0]
     lines = ["# written by simrun validate", "[scenario]", f"name = {_toml_value(name)}",
              f"profile = {_toml_value(os.path.basename(profile_path))}", "", "[hardware]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in hardware.items()]
     lines += ["", "[workload]"] + [f"{k} = {_toml_value(v)}" for k, v in wl.items()]
-    lines += ["", "[run]", f"rates = {_toml_value([float(r) for r in rates])}", f"warmup_s = {st.sim_warmup_s!r}",
-              f"duration_s = {st.sim_duration_s!r}", f"replications = {2 if st.quick else 3}",
+    lines += ["", "[run]", f"rates = {_toml_value([float(r) for r in rates])}", f"warmup_s = {warmup!r}",
+              f"duration_s = {duration!r}", f"replications = {2 if st.quick else 3}",
               f"max_replications = {3 if st.quick else 5}",
               "ci_target_pct = 5.0", f"seed = {st.seed + 1}", "", "[[server]]", f"label = {_toml_value(case.name)}",
               f"architecture = {_toml_value(case.model)}"]
@@ -871,8 +879,11 @@ def report_md(doc: dict) -> str:
              f"Linux {m['kernel']}, Python {m['python']}. Command: `{doc['command']}`.", "",
              f"Profile: `{doc['profile_file']}` ({doc['profile_note']}). Workload: {doc['workload']}. "
              f"Each live rate: {doc['settings']['duration_s']:g} s of session arrivals, reply rate from httperf's "
-             "5 s samples after the first; server on core 0, httperf on core 1. The machine is shared: the "
-             "1-minute load average is given with each run.", "",
+             "5 s samples after the first; server on core 0, httperf on core 1. "
+             + ("The simulator is offered the same sessions at the same instants (httperf's rate generator has a "
+                "fixed seed per process: sim/generator.py), from an empty start, over the same samples' seconds. "
+                if doc["settings"].get("httperf_arrivals") else "")
+             + "The machine is shared: the 1-minute load average is given with each run.", "",
              "httperf reports no response-time percentiles, so the p90 column is the simulator's alone.", "",
              "## Summary", "",
              "| case | held out | live peak /s | sim peak /s | peak error % | its 95 % interval on the run's noise "
@@ -1132,7 +1143,7 @@ def main(argv=None) -> int:
                       cpu_sessions=args.cpu_sessions,
                       sim_duration_s=5.0 if args.quick else 10.0, sim_warmup_s=3.0 if args.quick else 5.0,
                       jobs=args.jobs, seed=args.seed, log=lambda s: print(s, flush=True), workdir=workdir,
-                      sim_quota=not args.slower_core, repeat=args.repeat)
+                      sim_quota=not args.slower_core, repeat=args.repeat, httperf_arrivals=not args.quick)
         if not st.duration_s > 0:
             raise CalibrationError("--duration must be positive")
         if args.slower_core and args.sim_quota:
@@ -1228,7 +1239,8 @@ def main(argv=None) -> int:
                          "memory_limit_mb": st.memory_limit_mb, "disk_directories": st.disk_directories,
                          "disk_sessions": st.disk_sessions, "nic_sessions": st.nic_sessions,
                          "cpu_sessions": st.cpu_sessions, "repeat": st.repeat,
-                         "sim_duration_s": st.sim_duration_s, "quick": st.quick},
+                         "sim_duration_s": st.sim_duration_s, "quick": st.quick,
+                         "httperf_arrivals": st.httperf_arrivals},
             "targets": {"peak_error_pct": PEAK_TARGET_PCT, "mape_pct": MAPE_TARGET_PCT,
                         "blackbox_error_pct": BLACKBOX_TARGET_PCT},
             "calibration": calib_text,

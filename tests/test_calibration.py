@@ -866,6 +866,31 @@ def test_disk_case_replays_the_same_templates_in_its_scenario(tmp_path):
     assert back.max_open_sessions(10_000.0) == FD_LIMIT * w.generator_processes(10_000.0) > 0
 
 
+def test_a_full_runs_scenario_offers_httperfs_sessions_over_the_live_sample_window(tmp_path):
+    """A full validation simulates each case with httperf's own session starts and over the seconds whose
+    samples the live reply rate averages; a run too short for a sample window (the quick one) keeps the
+    simulator's steady state with its own Poisson stream."""
+    from calibration.calibrate import workload_for
+    from calibration.validate import replayed
+    from real.httperf import sample_window
+    w = replayed(workload_for(2), 1000, 0)
+    case = next(c for c in all_cases() if c.name == "symped-2p")
+    p = str(tmp_path / "p.toml")
+    write_profile(profile_of(demands_of([{"replies": 1000, "server_cpu_s": 0.05, "reply_bytes_mean": 1e4,
+                                          "load_avg": 1.0}]), "bb", Hardware(cores=1, kernel_mb=0.0)), p, {})
+    for duration, arrivals in ((15.0, True), (20.0, True), (8.0, True), (15.0, False)):
+        st = Settings(out=str(tmp_path), duration_s=duration, httperf_arrivals=arrivals)
+        back = load_scenario(write_scenario(str(tmp_path / "s.toml"), "s", p, {"cores": 1}, w, [100.0], case, st))
+        window = sample_window(w, duration)
+        if arrivals and window:
+            assert back.workload.arrivals == "httperf"
+            assert (back.run.warmup_s, back.run.warmup_s + back.run.duration_s) == window == (5.0, 5.0 * (duration // 5))
+        else:
+            assert back.workload.arrivals == "poisson"
+            assert (back.run.warmup_s, back.run.duration_s) == (st.sim_warmup_s, st.sim_duration_s)
+    assert sample_window(w, 8.0) is None        # the quick run's 8 s: one sample, the warm-up's
+
+
 def test_nic_case_replays_few_sessions_so_both_sides_see_the_same_reply_sizes(tmp_path):
     """At the link's bound the reply rate is the goodput over the mean reply size, and the sizes are
     heavy-tailed: the NIC case replays --nic-sessions templates (100 by default) on both sides, and a
