@@ -684,6 +684,20 @@ def simulated_level_us(case: Case, profile, level: HostLevel, workload, st: Sett
     return us if st.sim_quota else us * st.cpu_fraction      # a core `fraction` as fast: its time is the share's
 
 
+def until_past_saturation(measure_at, rate: float, runs: list[dict], cpu_fraction: float, want: int,
+                          tries: int, growth: float = 1.3) -> float:
+    """Runs at `rate` (`measure_at(rate)`, added to `runs`) until `want` of `runs` lie past saturation
+    or `tries` runs are done; after each run that kept up the rate grows by `growth`, so that a run
+    saturates the server whatever spell the host is in. Returns the rate to go on from."""
+    for _ in range(tries):
+        if sum(1 for r in runs if past_saturation(r, cpu_fraction)) >= want:
+            break
+        runs.extend(measure_at(rate))
+        if sustained(runs[-1]):
+            rate = float(round(rate * growth, -1))
+    return rate
+
+
 def nginx_demand(probe: list[dict], st: Settings):
     """The black box's demands from the runs so far (`blackbox.demands_with_wakeups` on those that
     kept up or went past saturation), the busiest run that kept up and its own demands, and the
@@ -722,14 +736,18 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             # the sweep's rates; the others lie between the sweeps, so that the demand is read over
             # the same minutes as the peak it predicts (in the 09:36 run three runs in a row past
             # saturation served 7,965-8,141 replies/s, the sweeps after them 6,447-8,007)
-            probe = blackbox.measure(pid, port, workload, [400.0], st.duration_s, seed=st.seed + 500, log=log)
-            rate = blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"]
-            for i in range(3 if st.quick else 8):
-                if not sustained(probe[-1]):
-                    break
-                probe += blackbox.measure(pid, port, workload, [float(round(rate, -1))], st.duration_s,
-                                          seed=st.seed + 501 + i, log=log)
-                rate *= 1.3
+            seeds = iter(range(st.seed + 500, st.seed + 600))
+
+            def measure_at(rate):
+                return blackbox.measure(pid, port, workload, [rate], st.duration_s, seed=next(seeds), log=log)
+
+            probe = measure_at(400.0)
+            rate = float(round(blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"], -1))
+            # two runs past saturation (one in the quick run) before the sweep's rates are set from them: in
+            # the 02:10 run of 2026-11-28 the one run past saturation fell in a slow spell (26.8 us a reply,
+            # against 21.8 in the runs between the sweeps), and every rate of the sweep stayed under the peak
+            rate = until_past_saturation(measure_at, rate, probe, st.cpu_fraction, 1 if st.quick else 2,
+                                         3 if st.quick else 8)
             d, top, busiest, predicted = nginx_demand(probe, st)
             first_prediction = predicted
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
@@ -741,13 +759,15 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             overload = max(probe[-1]["offered_rps"], max(rates))
 
             def demand_run(k):
-                probe.extend(blackbox.measure(pid, port, workload, [overload], st.duration_s,
-                                              seed=st.seed + 520 + k, log=log))
+                # one more run past saturation, deeper (and deeper for the next sweeps) while they keep up
+                nonlocal overload
+                past = sum(1 for r in probe if past_saturation(r, st.cpu_fraction))
+                overload = until_past_saturation(measure_at, overload, probe, st.cpu_fraction, past + 1, 3)
 
             obj = _Handle("nginx", pid, port)
-            first_past = not sustained(probe[-1])
-            between_rps = overload if first_past else None
+            first_past = any(past_saturation(r, st.cpu_fraction) for r in probe)
             live, more = repeated_sweep(obj, workload, rates, st, after_each=demand_run if first_past else None)
+            between_rps = overload if first_past else None      # the deepest the runs between the sweeps went
             if first_past:
                 d, top, busiest, predicted = nginx_demand(probe, st)
     finally:

@@ -273,6 +273,31 @@ def test_blackbox_demand_runs_lie_between_the_sweeps(monkeypatch):
     assert top is probe[0] and "4 run(s) past saturation" in d.basis
 
 
+def test_black_box_runs_go_deeper_until_they_saturate_the_server():
+    """A run that keeps up says nothing of the demand at saturation: the next goes 1.3 x deeper, until as
+    many runs as asked lie past saturation (bounded). A host that sped up after a slow first reading thus
+    still gets a run past saturation, where one at the old rate would have kept up at full share."""
+    import calibration.validate as v
+    capacity = iter([5000.0, 7000.0, 7000.0, 7000.0, 7000.0, 7000.0])     # replies/s the 0.15 share allows
+    asked = []
+
+    def measure_at(rate):
+        cap = next(capacity)
+        asked.append(rate)
+        replies = min(rate, cap)
+        return [{"offered_rps": rate, "offered_window_rps": rate, "reply_rps": replies, "replies": replies,
+                 "server_cpu_s": 0.15 * replies / cap, "httperf_wall_s": 1.0, "errors_pct": 0.0}]
+
+    runs = []
+    rate = v.until_past_saturation(measure_at, 6000.0, runs, 0.15, 1, 5)
+    assert asked == [6000.0] and rate == 6000.0                  # past saturation at once (a slow host)
+    rate = v.until_past_saturation(measure_at, rate, runs, 0.15, 2, 5)
+    assert asked == [6000.0, 6000.0, 7800.0] and rate == 7800.0  # kept up at 6,000 on the faster host
+    assert [v.past_saturation(r, 0.15) for r in runs] == [True, False, True]
+    rate = v.until_past_saturation(measure_at, rate, runs, 0.15, 9, 2)
+    assert len(asked) == 5                                        # bounded by the tries
+
+
 def test_host_level_rounds_run_between_a_cpu_cases_sweeps(monkeypatch):
     """A CPU case's repeated sweeps have a host-level round between each two (not after the last: the
     next case's round follows); the NIC and disk cases, whose peaks the level does not set, have none."""
