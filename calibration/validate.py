@@ -745,9 +745,12 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             rate = float(round(blackbox.demands_of(probe).saturation(st.cpu_fraction)["cpu"], -1))
             # two runs past saturation (one in the quick run) before the sweep's rates are set from them: in
             # the 02:10 run of 2026-11-28 the one run past saturation fell in a slow spell (26.8 us a reply,
-            # against 21.8 in the runs between the sweeps), and every rate of the sweep stayed under the peak
+            # against 21.8 in the runs between the sweeps), and every rate of the sweep stayed under the peak.
+            # Enough tries for 1.3 x steps to pass 3.7 x the light run's prediction (its wake-ups make it low):
+            # a quick run whose three tries all kept up was left with a least-squares split of light runs
+            # alone, which predicted 105,000 replies/s
             rate = until_past_saturation(measure_at, rate, probe, st.cpu_fraction, 1 if st.quick else 2,
-                                         3 if st.quick else 8)
+                                         6 if st.quick else 8)
             d, top, busiest, predicted = nginx_demand(probe, st)
             first_prediction = predicted
             rates = [float(round(predicted * f, -1)) for f in st.fractions]
