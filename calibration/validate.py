@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -736,7 +737,7 @@ def run_nginx_case(case: Case, root: str, workload, st: Settings) -> dict:
             # the sweep's rates; the others lie between the sweeps, so that the demand is read over
             # the same minutes as the peak it predicts (in the 09:36 run three runs in a row past
             # saturation served 7,965-8,141 replies/s, the sweeps after them 6,447-8,007)
-            seeds = iter(range(st.seed + 500, st.seed + 600))
+            seeds = itertools.count(st.seed + 500)
 
             def measure_at(rate):
                 return blackbox.measure(pid, port, workload, [rate], st.duration_s, seed=next(seeds), log=log)
